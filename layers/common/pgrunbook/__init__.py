@@ -1,0 +1,3 @@
+"""pgrunbook: a Postgres operations runbook as automation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,294 @@
+"""Reading archives back: find an archive's manifest and checksum, stream it once while
+hashing, and prove its table of contents reads (`pg_restore --list`).
+
+Used by `verify-backup`, `list`, and by restore before any byte reaches a target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import subprocess
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import PgrunbookError, StoreError, UsageError
+from .manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest, parse_sha256_file
+from .pgtools import Tool, find_tool, tool_env, tool_error
+from .store import Store, split_uri
+
+CHUNK = 1024 * 1024
+PLAIN_HEADER = b"-- PostgreSQL database dump"
+PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
+
+
+def archive_format_of(name: str) -> str:
+    if name.endswith((".sql", ".sql.gz")):
+        return "plain"
+    if name.endswith(".tar"):
+        return "directory-tar"
+    return "custom"
+
+
+@dataclass
+class ArchiveRef:
+    """An archive and its companions, located from the archive's (or manifest's) URI."""
+
+    store: Store
+    key: str
+
+    @classmethod
+    def from_uri(cls, uri: str) -> ArchiveRef:
+        if not uri:
+            raise UsageError("no backup given")
+        for suffix in (MANIFEST_SUFFIX, SHA256_SUFFIX):
+            if uri.endswith(suffix):
+                uri = uri[: -len(suffix)]
+        store, key = split_uri(uri)
+        return cls(store=store, key=key)
+
+    @property
+    def uri(self) -> str:
+        return self.store.uri(self.key)
+
+    @property
+    def name(self) -> str:
+        return Path(self.key).name
+
+    @property
+    def format(self) -> str:
+        return archive_format_of(self.name)
+
+    def manifest(self) -> Manifest | None:
+        key = self.key + MANIFEST_SUFFIX
+        if not self.store.exists(key):
+            return None
+        return Manifest.from_json(self.store.get_bytes(key), where=self.store.uri(key))
+
+    def expected_sha256(self) -> str | None:
+        key = self.key + SHA256_SUFFIX
+        if not self.store.exists(key):
+            return None
+        return parse_sha256_file(self.store.get_bytes(key).decode("utf-8", "replace"), where=self.store.uri(key))
+
+    def open(self) -> IO[bytes]:
+        if not self.store.exists(self.key):
+            raise StoreError(f"{self.uri} not found")
+        return self.store.open_reader(self.key)
+
+
+class HashingReader:
+    """Wraps a byte stream: every byte read is hashed and counted."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.digest = hashlib.sha256()
+        self.bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.digest.update(data)
+        self.bytes += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class ArchiveReport:
+    uri: str
+    checks: list[Check] = field(default_factory=list)
+    toc: list[str] = field(default_factory=list)
+    sha256: str = ""
+    bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append(Check(name, ok, detail))
+
+    def first_failure(self) -> str:
+        return next((f"{c.name}: {c.detail}" for c in self.checks if not c.ok), "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"archive": self.uri, "ok": self.ok, "sha256": self.sha256, "bytes": self.bytes,
+                "checks": [c.to_dict() for c in self.checks], "toc_entries": len(self.toc)}
+
+
+def _list_custom(reader: HashingReader, pg_restore: Tool) -> tuple[int, str, str]:
+    """Feed the stream to `pg_restore --list` (it reads only the TOC), hash the rest."""
+    proc = subprocess.Popen([str(pg_restore.path), "--list"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=tool_env())
+    assert proc.stdin is not None
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        import threading
+
+        def drain(src: IO[bytes] | None, dst: IO[bytes]) -> None:
+            assert src is not None
+            for chunk in iter(lambda: src.read(CHUNK), b""):
+                dst.write(chunk)
+
+        threads = [threading.Thread(target=drain, args=(proc.stdout, out), daemon=True),
+                   threading.Thread(target=drain, args=(proc.stderr, err), daemon=True)]
+        for t in threads:
+            t.start()
+        feeding = True
+        while chunk := reader.read(CHUNK):
+            if feeding:
+                try:
+                    proc.stdin.write(chunk)
+                except (BrokenPipeError, OSError):
+                    feeding = False  # pg_restore has read the TOC and left: keep hashing
+        with contextlib.suppress(BrokenPipeError, OSError):
+            proc.stdin.close()
+        rc = proc.wait()
+        for t in threads:
+            t.join()
+        out.seek(0)
+        err.seek(0)
+        return rc, out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
+
+
+def _list_directory_tar(reader: HashingReader, pg_restore: Tool) -> tuple[int, str, str]:
+    with tempfile.TemporaryDirectory(prefix="pgrunbook-toc-") as tmp:
+        found_toc = False
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+                for member in tar:
+                    data = tar.extractfile(member)
+                    if data is None:
+                        continue
+                    if member.name == "toc.dat":
+                        Path(tmp, "toc.dat").write_bytes(data.read())
+                        found_toc = True
+                    else:
+                        while data.read(CHUNK):
+                            pass
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            reader.drain()
+            return 1, "", f"the tar archive does not read: {exc}"
+        reader.drain()
+        if not found_toc:
+            return 1, "", "the archive holds no toc.dat"
+        proc = subprocess.run([str(pg_restore.path), "--list", tmp], capture_output=True, text=True, env=tool_env())
+        return proc.returncode, proc.stdout, proc.stderr
+
+
+def _check_plain(reader: HashingReader, gz: bool) -> tuple[bool, str]:
+    inflater = zlib.decompressobj(31) if gz else None
+    head = b""
+    tail = b""
+    try:
+        while chunk := reader.read(CHUNK):
+            text = inflater.decompress(chunk) if inflater else chunk
+            if len(head) < 200:
+                head += text[:200]
+            tail = (tail + text)[-400:]
+        if inflater is not None:
+            tail = (tail + inflater.flush())[-400:]
+            if not inflater.eof:
+                return False, "the gzip stream is truncated"
+    except zlib.error as exc:
+        reader.drain()
+        return False, f"the gzip stream is corrupt: {exc}"
+    if PLAIN_HEADER not in head:
+        return False, "not a pg_dump SQL script (no header)"
+    if PLAIN_TRAILER not in tail:
+        return False, "the SQL script is truncated (no 'dump complete' trailer)"
+    return True, "plain SQL script reads to its end"
+
+
+def table_data_entries(toc: list[str]) -> set[str]:
+    """schema.table of every TABLE DATA entry in a `pg_restore --list` output."""
+    found = set()
+    for line in toc:
+        if line.startswith(";") or " TABLE DATA " not in line:
+            continue
+        rest = line.split(" TABLE DATA ", 1)[1].rsplit(" ", 1)[0]  # drop the owner
+        schema, _, name = rest.partition(" ")
+        found.add(f"{schema}.{name}")
+    return found
+
+
+def verify_archive(ref: ArchiveRef, *, require_sha256: bool = True) -> ArchiveReport:
+    """Check checksum file, manifest and table of contents of an archive, reading it once."""
+    report = ArchiveReport(uri=ref.uri)
+    expected = ref.expected_sha256()
+    if expected is None:
+        report.add("sha256 file", not require_sha256, f"{ref.name}{SHA256_SUFFIX} is missing")
+    manifest: Manifest | None = None
+    try:
+        manifest = ref.manifest()
+    except PgrunbookError as exc:
+        report.add("manifest", False, str(exc))
+    fmt = manifest.archive_format if manifest else ref.format
+
+    with contextlib.closing(ref.open()) as stream:
+        reader = HashingReader(stream)
+        if fmt == "plain":
+            ok, detail = _check_plain(reader, gz=ref.name.endswith(".gz"))
+            rc, out, err = (0 if ok else 1), "", detail
+        else:
+            pg_restore = find_tool("pg_restore")
+            rc, out, err = (_list_directory_tar if fmt == "directory-tar" else _list_custom)(reader, pg_restore)
+    report.sha256, report.bytes = reader.hexdigest(), reader.bytes
+
+    if expected is not None:
+        report.add("sha256", report.sha256 == expected,
+                   "matches" if report.sha256 == expected
+                   else f"mismatch: the archive hashes to {report.sha256}, {ref.name}{SHA256_SUFFIX} says {expected}")
+    if manifest is not None:
+        same = manifest.sha256 == report.sha256 and manifest.bytes == report.bytes
+        report.add("manifest", same,
+                   f"{manifest.bytes} bytes, sha256 and size match" if same else
+                   f"mismatch: the manifest describes {manifest.bytes} bytes with sha256 {manifest.sha256}, "
+                   f"the archive has {report.bytes} bytes with sha256 {report.sha256} (a different backup?)")
+    elif not any(c.name == "manifest" for c in report.checks):
+        report.add("manifest", fmt == "plain", f"{ref.name}{MANIFEST_SUFFIX} is missing")
+
+    if fmt == "plain":
+        report.add("contents", rc == 0, err)
+    elif rc != 0:
+        report.add("table of contents", False, str(tool_error("pg_restore", rc, err)).removeprefix("pg_restore failed: "))
+    else:
+        report.toc = [ln for ln in out.splitlines() if ln and not ln.startswith(";")]
+        detail = f"{len(report.toc)} entries"
+        ok = True
+        if manifest is not None:
+            missing = sorted(set(manifest.tables) - table_data_entries(report.toc))
+            if missing:
+                ok, detail = False, f"tables in the manifest without data in the archive: {', '.join(missing[:5])}"
+        report.add("table of contents", ok, detail)
+    return report
+
+
+def iter_manifests(store: Store, prefix: str = "") -> Iterator[tuple[str, Manifest]]:
+    """(archive key, manifest) for every manifest under prefix; unreadable ones are skipped."""
+    for info in store.list(prefix):
+        if info.key.endswith(MANIFEST_SUFFIX):
+            try:
+                yield info.key[: -len(MANIFEST_SUFFIX)], Manifest.from_json(store.get_bytes(info.key))
+            except PgrunbookError:
+                continue

@@ -1,0 +1,365 @@
+"""Consistent backups: one snapshot for the dump and for the exact counts.
+
+In a REPEATABLE READ transaction we export a snapshot and start `pg_dump --snapshot` on
+it; while pg_dump runs, the same transaction counts every table, so the manifest's counts
+are exactly the rows in the archive. Two ways to move the bytes:
+
+- stream (custom format): pg_dump's stdout goes straight into the store (S3 multipart or
+  a `.partial` file), hashed on the way; no temporary copy, memory flat.
+- parallel (directory format, `pg_dump -j N` on the shared snapshot): staged in a local
+  folder when it has room, then streamed into the store as one uncompressed tar (the
+  files inside are already compressed); the staging folder is always removed.
+
+The archive is written first, then `<archive>.sha256`, then `<archive>.manifest.json`;
+a failure at any point removes what was written, so nothing half-done looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from . import __version__, catalog
+from .dburl import DatabaseUrl
+from .errors import PgrunbookError, StoreError, ToolError, UsageError
+from .manifest import MANIFEST_SUFFIX, MANIFEST_VERSION, SHA256_SUFFIX, Manifest, sha256_line
+from .pgtools import Tool, find_tool, tool_env, tool_error
+from .settings import COMPRESSIONS, KINDS, Settings
+from .store import LocalStore, ObjectWriter, Store, open_store
+
+log = logging.getLogger(__name__)
+CHUNK = 1024 * 1024
+PROGRESS_EVERY = 5.0  # seconds between progress lines
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    database_url: str | None = None
+    dest: str | None = None  # s3://bucket/prefix or a folder; ignored when `out` is given
+    out: str | None = None  # an explicit file path (runbook style)
+    kind: str = "manual"
+    compress: str | None = None  # zstd | gzip | none (default zstd; gzip for .sql.gz)
+    jobs: int | None = None  # parallel dump processes (None: by CPU count); 1 forces streaming
+    overwrite: bool = False
+    app_version: str | None = None
+
+
+@dataclass
+class BackupResult:
+    archive: str
+    manifest: str
+    sha256: str
+    bytes: int
+    tables: int
+    rows: int
+    seconds: float
+    format: str
+    kind: str
+    database: str
+    counts_seconds: float = 0.0
+    manifest_data: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"archive": self.archive, "manifest": self.manifest, "sha256": self.sha256, "bytes": self.bytes,
+                "tables": self.tables, "rows": self.rows, "seconds": round(self.seconds, 3),
+                "format": self.format, "kind": self.kind, "database": self.database,
+                "counts_seconds": round(self.counts_seconds, 3)}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    store: Store
+    key: str
+    fmt: str  # custom | directory-tar | plain
+    compression: str  # zstd:1 | gzip:6 | none
+    jobs: int
+    sha_name: str  # the file name written inside the .sha256 line
+
+
+def archive_key(database: str, kind: str, when: datetime, ext: str) -> str:
+    """DESIGN.md §3: <database>/<kind>/<YYYY>/<MM>/db-backup-YYYYMMDD-HHMMSSZ.<ext>"""
+    return f"{database}/{kind}/{when:%Y}/{when:%m}/db-backup-{when:%Y%m%d-%H%M%S}Z.{ext}"
+
+
+def _compression(compress: str | None, level: int, plain: bool) -> str:
+    if compress is None:
+        compress = "gzip" if plain else "zstd"
+    if compress not in COMPRESSIONS:
+        raise UsageError(f"--compress must be one of {', '.join(COMPRESSIONS)}, not {compress!r}")
+    if compress == "none":
+        return "none"
+    if compress == "gzip":
+        return "gzip:6" if plain else f"gzip:{max(level, 1)}"
+    return f"zstd:{max(level, 1)}"
+
+
+def _plan(opts: BackupOptions, settings: Settings, database: str, when: datetime, db_size: int) -> _Plan:
+    if opts.kind not in KINDS:
+        raise UsageError(f"--kind must be one of {', '.join(KINDS)}, not {opts.kind!r}")
+    if opts.out:
+        out = Path(opts.out).expanduser()
+        name = out.name
+        plain = name.endswith((".sql", ".sql.gz"))
+        if plain:
+            if name.endswith(".sql.gz") and opts.compress not in (None, "gzip"):
+                raise UsageError(f"{name} is a gzip file: --compress {opts.compress} does not apply")
+            if name.endswith(".sql") and opts.compress not in (None, "none"):
+                raise UsageError(f"{name} is plain SQL: use a .sql.gz name for gzip")
+            compression = "gzip:6" if name.endswith(".gz") else "none"
+            fmt = "plain"
+        else:
+            compression = _compression(opts.compress, settings.compress_level, plain=False)
+            fmt = "directory-tar" if name.endswith(".tar") else "custom"
+        for path in (out, Path(f"{out}{SHA256_SUFFIX}"), Path(f"{out}{MANIFEST_SUFFIX}")):
+            if path.exists() and not opts.overwrite:
+                raise PgrunbookError(f"{path} already exists: refusing to overwrite it (pass --overwrite)")
+        jobs = _jobs(opts, settings) if fmt == "directory-tar" else 1
+        # the .sha256 names the file as the operator gave it, like the runbook's `sha256sum "$OUT"`
+        return _Plan(store=LocalStore(out.parent), key=out.name, fmt=fmt, compression=compression, jobs=jobs,
+                     sha_name=str(opts.out))
+
+    store = open_store(opts.dest or settings.backup_dest, kms_key_id=settings.kms_key_id,
+                       part_size_mb=settings.multipart_chunk_mb)
+    compression = _compression(opts.compress, settings.compress_level, plain=False)
+    jobs = _jobs(opts, settings)
+    fmt = "custom"
+    if jobs > 1 and _staging_fits(db_size, settings):
+        fmt = "directory-tar"
+    elif jobs > 1:
+        log.info("not enough free space to stage a parallel dump: streaming instead",
+                 extra={"database_size_bytes": db_size, "staging": tempfile.gettempdir()})
+        jobs = 1
+    ext = "dump.tar" if fmt == "directory-tar" else "dump"
+    key = archive_key(database, opts.kind, when, ext)
+    serial = 1
+    while store.exists(key):  # two backups within one second: never overwrite the first
+        serial += 1
+        key = archive_key(database, opts.kind, when, f"{serial}.{ext}")
+    return _Plan(store=store, key=key, fmt=fmt, compression=compression, jobs=jobs, sha_name=Path(key).name)
+
+
+def _jobs(opts: BackupOptions, settings: Settings) -> int:
+    if opts.jobs is not None:
+        if opts.jobs < 1:
+            raise UsageError("--jobs must be at least 1")
+        return opts.jobs
+    return settings.dump_jobs or min(os.cpu_count() or 1, 8)
+
+
+def _staging_fits(db_size: int, settings: Settings) -> bool:
+    """Stage only where the disk could hold the whole database uncompressed, times a margin."""
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    return free >= db_size * settings.min_free_space_factor + 256 * 1024 * 1024
+
+
+class _HashingSink:
+    """File-like sink: hashes, counts, reports progress, forwards to the store writer."""
+
+    def __init__(self, writer: ObjectWriter, label: str) -> None:
+        self.writer, self.label = writer, label
+        self.digest = hashlib.sha256()
+        self.bytes = 0
+        self._last = time.monotonic()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.writer.write(data)
+        self.bytes += len(data)
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_EVERY:
+            self._last = now
+            log.info("backup in progress", extra={"archive": self.label, "bytes_written": self.bytes})
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+
+class _StderrTail(threading.Thread):
+    """Drains a child's stderr so it never blocks, keeping the last lines for the error."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.lines = stream, []
+
+    def run(self) -> None:
+        for raw in self.stream:
+            self.lines.append(raw.decode("utf-8", "replace"))
+            del self.lines[:-50]
+
+    @property
+    def text(self) -> str:
+        self.join(timeout=5)
+        return "".join(self.lines)
+
+
+def _dump_args(dump: Tool, url: DatabaseUrl, snapshot: str, plan: _Plan) -> list[str]:
+    args = [str(dump.path), f"--dbname={url.conninfo()}", f"--snapshot={snapshot}", "--no-password"]
+    if plan.fmt == "plain":
+        args += ["--format=plain"]
+    elif plan.fmt == "custom":
+        args += ["--format=custom", f"--compress={plan.compression.replace('none', '0')}"]
+    return args
+
+
+def _pump_stream(proc: subprocess.Popen[bytes], sink: _HashingSink, gzip_level: int | None) -> None:
+    assert proc.stdout is not None
+    compressor = zlib.compressobj(gzip_level, zlib.DEFLATED, 31) if gzip_level is not None else None
+    while chunk := proc.stdout.read(CHUNK):
+        sink.write(compressor.compress(chunk) if compressor else chunk)
+    if compressor:
+        sink.write(compressor.flush())
+
+
+def _tar_directory(folder: Path, sink: _HashingSink) -> None:
+    """Pack a pg_dump directory as an uncompressed tar, toc.dat first (verify reads only it)."""
+    names = sorted(p.name for p in folder.iterdir())
+    names.sort(key=lambda n: n != "toc.dat")
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for name in names:
+            info = tar.gettarinfo(str(folder / name), arcname=name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(folder / name, "rb") as fh:
+                tar.addfile(info, fh)
+
+
+def run_backup(opts: BackupOptions, settings: Settings | None = None,
+               on_dump_started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> BackupResult:
+    settings = settings or Settings.from_env()
+    url = DatabaseUrl.parse(opts.database_url or settings.database_url, what="database URL (--database-url or DATABASE_URL)")
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+
+    conn = catalog.connect(url, autocommit=True, application="pgrunbook-backup")
+    try:
+        identity = catalog.server_identity(conn)
+        dump = find_tool("pg_dump", min_major=identity.major, pg_bin=settings.pg_bin)
+        plan = _plan(opts, settings, identity.database, started, identity.database_size_bytes)
+        plan.store.check_writable()
+        log.info("backup started", extra={"source": url.display(), "archive": plan.store.uri(plan.key),
+                                          "format": plan.fmt, "jobs": plan.jobs})
+
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        snapshot_row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert snapshot_row is not None
+        snapshot = str(snapshot_row[0])
+
+        writer = plan.store.open_writer(plan.key)
+        staging: Path | None = None
+        try:
+            sink = _HashingSink(writer, plan.store.uri(plan.key))
+            args = _dump_args(dump, url, snapshot, plan)
+            if plan.fmt == "directory-tar":
+                staging = Path(tempfile.mkdtemp(prefix="pgrunbook-dump-"))
+                args += ["--format=directory", f"--jobs={plan.jobs}",
+                         f"--compress={plan.compression.replace('none', '0')}", f"--file={staging / 'dump'}"]
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    env=tool_env(url.tool_env()))
+            assert proc.stderr is not None
+            errors = _StderrTail(proc.stderr)
+            errors.start()
+            if on_dump_started:
+                on_dump_started(proc)
+            pump_error: list[BaseException] = []
+
+            def pump() -> None:
+                try:
+                    if plan.fmt == "directory-tar":
+                        assert proc.stdout is not None
+                        proc.stdout.read()
+                    else:
+                        _pump_stream(proc, sink, 6 if plan.compression.startswith("gzip") and plan.fmt == "plain"
+                                     else None)
+                except BaseException as exc:
+                    pump_error.append(exc)
+                    proc.kill()
+
+            pumper = threading.Thread(target=pump, name="pg_dump-pump", daemon=True)
+            pumper.start()
+
+            # The counts run now, in the exported snapshot, while pg_dump dumps it.
+            tc = time.monotonic()
+            tables = catalog.user_tables(conn)
+            counts = catalog.exact_counts(conn, tables)
+            seqs = catalog.sequences(conn)
+            exts = catalog.extensions(conn)
+            roles = catalog.roles_used(conn)
+            prisma = catalog.prisma_migrations(conn)
+            prisma_table = catalog.prisma_table(conn) if prisma is not None else None
+            counts_seconds = time.monotonic() - tc
+
+            pumper.join()
+            returncode = proc.wait()
+            if pump_error:
+                raise pump_error[0]
+            if returncode != 0:
+                raise tool_error("pg_dump", returncode, errors.text)
+            if staging is not None:
+                _tar_directory(staging / "dump", sink)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            if "proc" in locals() and proc.poll() is None:
+                proc.kill()
+            raise
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+    digest = sink.digest.hexdigest()
+    finished = datetime.now(UTC)
+    seconds = time.monotonic() - t0
+    manifest = Manifest.validated({
+        "manifest_version": MANIFEST_VERSION,
+        "kind": opts.kind,
+        "archive": {"name": Path(plan.key).name, "uri": plan.store.uri(plan.key), "format": plan.fmt,
+                    "compression": plan.compression, "bytes": sink.bytes, "sha256": digest, "jobs": plan.jobs},
+        "source": {"url": url.display(), "host": url.host, "port": url.port, "database": identity.database,
+                   "server_version": identity.server_version, "server_version_num": identity.server_version_num,
+                   "system_identifier": identity.system_identifier, "encoding": identity.encoding,
+                   "database_size_bytes": identity.database_size_bytes, "extensions": exts, "roles": roles},
+        "snapshot": snapshot,
+        "started_at": started.isoformat(),
+        "finished_at": finished.isoformat(),
+        "seconds": round(seconds, 3),
+        "app_version": opts.app_version,
+        "tools": {"pg_dump": dump.version, "pgrunbook": __version__},
+        "tables": counts,
+        "totals": {"tables": len(counts), "rows": sum(counts.values())},
+        "sequences": seqs,
+        "prisma": None if prisma is None else {"table": prisma_table, "migrations": prisma},
+    })
+    sha_key, manifest_key = plan.key + SHA256_SUFFIX, plan.key + MANIFEST_SUFFIX
+    try:
+        plan.store.put_bytes(sha_key, sha256_line(digest, plan.sha_name).encode(), "text/plain")
+        plan.store.put_bytes(manifest_key, manifest.to_json().encode(), "application/json")
+    except (StoreError, ToolError, OSError):
+        for key in (manifest_key, sha_key, plan.key):
+            try:
+                plan.store.delete(key)
+            except StoreError:
+                log.warning("could not remove a partial backup object", extra={"object": plan.store.uri(key)})
+        raise
+    result = BackupResult(archive=plan.store.uri(plan.key), manifest=plan.store.uri(manifest_key), sha256=digest,
+                          bytes=sink.bytes, tables=len(counts), rows=sum(counts.values()), seconds=seconds,
+                          format=plan.fmt, kind=opts.kind, database=identity.database,
+                          counts_seconds=counts_seconds, manifest_data=manifest.data)
+    log.info("backup finished", extra=result.to_dict())
+    return result

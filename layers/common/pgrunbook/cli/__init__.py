@@ -1,0 +1,71 @@
+"""`pgrunbook` command line: thin shells over the core. Exit codes for every command:
+0 done, 1 the operation failed, 2 usage error."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..dburl import mask_secrets
+from ..errors import PgrunbookError
+from ..logs import setup_cli_logging
+
+# Each module registers its subcommands with `register(subparsers)` and imports the core
+# it needs inside its handlers, so `pgrunbook --help` stays fast.
+COMMAND_MODULES = ["backup", "restore", "drill", "migrate", "local", "demo"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pgrunbook",
+        description="Postgres runbook automation: consistent backups to S3 or a folder, guarded restores "
+                    "into fresh databases, exact verification, restore drills and Prisma-compatible migrations.",
+        epilog="Connection URLs default to $DATABASE_URL (source) and $NEW_DATABASE_URL (restore target). "
+               "A local S3 is reached through AWS_ENDPOINT_URL. Exit codes: 0 done, 1 failed, 2 usage error.",
+    )
+    parser.add_argument("--version", action="version", version=f"pgrunbook {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_cli_logging(verbose=args.verbose, quiet=args.quiet)
+    try:
+        return int(args.handler(args) or 0)
+    except PgrunbookError as exc:
+        print(f"pgrunbook: error: {mask_secrets(str(exc))}", file=sys.stderr)  # noqa: T201
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pgrunbook: interrupted", file=sys.stderr)  # noqa: T201
+        return 130
+    except Exception as exc:  # a bug or an unmapped failure: still one line, and -v shows the trace
+        if args.verbose:
+            raise
+        print(f"pgrunbook: error: {type(exc).__name__}: {mask_secrets(str(exc)).splitlines()[0] if str(exc) else ''} "
+              "(run with -v for details)", file=sys.stderr)  # noqa: T201
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

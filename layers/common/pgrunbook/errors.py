@@ -1,0 +1,35 @@
+"""Errors an operator reads: one line, no traceback, never a secret.
+
+Every failure the CLI reports is a PgrunbookError; its exit code follows the CLI
+contract (1 = the operation failed, 2 = usage error).
+"""
+
+from __future__ import annotations
+
+
+class PgrunbookError(Exception):
+    """An operation failed; the message is shown to the operator as is."""
+
+    exit_code = 1
+
+
+class UsageError(PgrunbookError):
+    """The command line or the input asked for something invalid (exit 2)."""
+
+    exit_code = 2
+
+
+class ToolError(PgrunbookError):
+    """A pg tool is missing, too old, or failed."""
+
+
+class StoreError(PgrunbookError):
+    """The backup store (S3 or a folder) refused or lacks an object."""
+
+
+class ChecksumMismatch(PgrunbookError):
+    """The bytes read do not match the recorded sha256."""
+
+
+class ConnectionFailed(PgrunbookError):
+    """Could not connect to a database server."""

@@ -1,0 +1,102 @@
+"""Shared fixtures: a real PostgreSQL server (packaged binaries, TCP + password auth) and S3
+on moto (a threaded server for subprocesses, in-process mock_aws for unit tests)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgrunbook import aws
+from pgrunbook.localpg import LocalServer
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """One real PostgreSQL server for the whole session."""
+    with LocalServer.running(tmp_path_factory.mktemp("pg") / "data") as server:
+        yield server
+
+
+@pytest.fixture()
+def fresh_db(pg_server: LocalServer) -> Iterator[str]:
+    """A new empty database on the session server; its URL (with password)."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield pg_server.url(name)
+    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def sample_db(pg_server: LocalServer) -> Iterator[str]:
+    """A runbook-shaped application database ("User", "Job", "SecurityEvent", _prisma_migrations)."""
+    from pgrunbook.sample import create_sample_database
+
+    name = f"app_{uuid.uuid4().hex[:10]}"
+    yield create_sample_database(pg_server.url(), name, users=200, jobs_per_user=3, events=1000)
+    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+AWS_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture()
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key, value in AWS_TEST_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    aws.reset_clients()
+    yield
+    aws.reset_clients()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto server on localhost (for subprocesses: the CLI reaches it via AWS_ENDPOINT_URL)."""
+    from moto.server import ThreadedMotoServer
+
+    from pgrunbook.localpg import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def s3_endpoint(moto_server: str, aws_env: None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point boto3 (in-process and in child processes) at the moto server."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    aws.reset_clients()
+    return moto_server
+
+
+@pytest.fixture()
+def bucket(s3_endpoint: str) -> str:
+    name = f"pgrunbook-test-{uuid.uuid4().hex[:8]}"
+    aws.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for running the CLI as a subprocess (inherits AWS_ENDPOINT_URL etc.)."""
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
