@@ -4,6 +4,8 @@ on moto (a threaded server for subprocesses, in-process mock_aws for unit tests)
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,3 +102,11 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the installed `pgrunbook` console script as a user would."""
+    exe = Path(sys.executable).parent / "pgrunbook"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env or cli_env(), cwd=cwd,
+                          timeout=timeout, stdin=subprocess.DEVNULL)

@@ -17,7 +17,11 @@ def register(sub: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import logging
+
     from ..demo import run_demo
 
+    if not args.verbose:  # the demo narrates on stdout; keep the core's progress lines out of it
+        logging.getLogger("pgrunbook").setLevel(logging.WARNING)
     run_demo(Path(args.workdir).resolve())
     return 0
