@@ -147,8 +147,8 @@ def test_runbook_sql_gz_checks_with_sha256sum_and_restores_with_psql(sample_db: 
     assert check.returncode == 0, check.stdout + check.stderr
     # and `gunzip -c … | psql` restores it into an empty database
     psql = find_tool("psql")
-    restore = subprocess.run(f"gunzip -c backups/pre.sql.gz | '{psql.path}' -v ON_ERROR_STOP=1 -q \"$NEW_DATABASE_URL\"",
-                             shell=True, cwd=tmp_path, capture_output=True, text=True,  # noqa: S602
+    pipeline = f"gunzip -c backups/pre.sql.gz | '{psql.path}' -v ON_ERROR_STOP=1 -q \"$NEW_DATABASE_URL\""
+    restore = subprocess.run(pipeline, shell=True, cwd=tmp_path, capture_output=True, text=True,  # noqa: S602
                              env=cli_env(NEW_DATABASE_URL=fresh_db))
     assert restore.returncode == 0, restore.stderr
     with psycopg.connect(fresh_db) as conn:

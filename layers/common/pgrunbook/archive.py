@@ -271,7 +271,8 @@ def verify_archive(ref: ArchiveRef, *, require_sha256: bool = True) -> ArchiveRe
     if fmt == "plain":
         report.add("contents", rc == 0, err)
     elif rc != 0:
-        report.add("table of contents", False, str(tool_error("pg_restore", rc, err)).removeprefix("pg_restore failed: "))
+        reason = str(tool_error("pg_restore", rc, err)).removeprefix("pg_restore failed: ")
+        report.add("table of contents", False, reason)
     else:
         report.toc = [ln for ln in out.splitlines() if ln and not ln.startswith(";")]
         detail = f"{len(report.toc)} entries"

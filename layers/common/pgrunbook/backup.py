@@ -193,7 +193,8 @@ class _StderrTail(threading.Thread):
 
     def __init__(self, stream: IO[bytes]) -> None:
         super().__init__(daemon=True)
-        self.stream, self.lines = stream, []
+        self.stream = stream
+        self.lines: list[str] = []
 
     def run(self) -> None:
         for raw in self.stream:
@@ -240,7 +241,8 @@ def _tar_directory(folder: Path, sink: _HashingSink) -> None:
 def run_backup(opts: BackupOptions, settings: Settings | None = None,
                on_dump_started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> BackupResult:
     settings = settings or Settings.from_env()
-    url = DatabaseUrl.parse(opts.database_url or settings.database_url, what="database URL (--database-url or DATABASE_URL)")
+    url = DatabaseUrl.parse(opts.database_url or settings.database_url,
+                            what="database URL (--database-url or DATABASE_URL)")
     started = datetime.now(UTC)
     t0 = time.monotonic()
 

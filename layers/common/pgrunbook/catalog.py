@@ -26,8 +26,8 @@ def connect(url: DatabaseUrl, *, autocommit: bool = False, application: str = "p
             connect_timeout: int = 10) -> psycopg.Connection[Any]:
     """Connect with a clear one-line error (never showing the password)."""
     try:
-        return psycopg.connect(**url.connect_kwargs(), autocommit=autocommit, application_name=application,
-                               connect_timeout=connect_timeout)
+        return psycopg.connect(url.conninfo(), password=url.password, autocommit=autocommit,
+                               application_name=application, connect_timeout=connect_timeout)
     except psycopg.OperationalError as exc:
         raise ConnectionFailed(f"cannot connect to {url.display()}: {_reason(exc, url)}") from None
 

@@ -88,7 +88,7 @@ def run_demo(workdir: Path, *, keep: bool = False) -> DemoReport:
 
     report.say("1. Start a local PostgreSQL 18 server (stands in for production)")
     with LocalServer.running(workdir / "prod") as prod, local_s3():
-        report.say(f"   {prod.url('postgres', password='***')}")
+        report.say(f"   {prod.url('postgres', password='***')}")  # noqa: S106 - masked on purpose
         report.say("2. Create the sample application database (runbook tables + _prisma_migrations)")
         app_url = create_sample_database(prod.url(), "app")
 

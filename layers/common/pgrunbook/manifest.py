@@ -44,7 +44,7 @@ class Manifest:
         try:
             _validator()(data)
         except fastjsonschema.JsonSchemaException as exc:
-            raise PgrunbookError(f"{where} does not match the manifest schema: {exc.message}") from None
+            raise PgrunbookError(f"{where} does not match the manifest schema: {exc}") from None
         return cls(data)
 
     def to_json(self) -> str:

@@ -62,8 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug or an unmapped failure: still one line, and -v shows the trace
         if args.verbose:
             raise
-        print(f"pgrunbook: error: {type(exc).__name__}: {mask_secrets(str(exc)).splitlines()[0] if str(exc) else ''} "
-              "(run with -v for details)", file=sys.stderr)  # noqa: T201
+        first_line = mask_secrets(str(exc)).splitlines()[0] if str(exc) else ""
+        print(f"pgrunbook: error: {type(exc).__name__}: {first_line} (run with -v for details)",  # noqa: T201
+              file=sys.stderr)
         return 1
 
 
