@@ -1,0 +1,192 @@
+"""The monthly restore drill: latest backup -> fresh target -> restore -> verify -> report -> tear down.
+
+The report's timings are the measured recovery time: download (fetch + checksum + TOC), restore
+(pg_restore/psql), analyze/reset (production settings + ANALYZE), verify; `seconds_per_gb` is
+(download + restore + analyze/reset) per GB (10^9 bytes) of the source database's size.
+A drill never raises for a failed step: the report says what failed (`verified` False, `error`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .archive import ArchiveRef
+from .catalog_list import latest_backup
+from .dburl import mask_secrets
+from .errors import PgrunbookError, UsageError
+from .provision import ProvisionedTarget, Provisioner, get_provisioner
+from .restore import RestoreOptions, RestoreResult, run_restore
+from .settings import Settings
+from .verify import HttpCheck, VerifyOptions, VerifyReport, run_verify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DrillOptions:
+    dest: str | None = None  # where to find the latest backup (default: settings.backup_dest)
+    backup: str | None = None  # or this archive
+    server_url: str | None = None  # for the `database` provisioner
+    provisioner: str | None = None  # database | local-instance | rds (default: database with server_url)
+    keep: bool = False
+    jobs: int | None = None
+    work_dir: str | None = None  # local-instance data dirs and download space
+    database: str | None = None  # pick the latest backup of this database
+    app_url: str | None = None
+    checks: tuple[HttpCheck, ...] = ()
+
+
+@dataclass
+class DrillReport:
+    backup: str | None = None
+    provisioner: str = ""
+    target: dict[str, Any] = field(default_factory=dict)
+    started_at: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    database_bytes: int = 0
+    archive_bytes: int = 0
+    restore: RestoreResult | None = None
+    verify: VerifyReport | None = None
+    kept: bool = False
+    error: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.error is None and self.verify is not None and self.verify.ok
+
+    @property
+    def recovery_seconds(self) -> float:
+        return sum(self.timings.get(k, 0.0) for k in ("download", "restore", "analyze"))
+
+    @property
+    def seconds_per_gb(self) -> float | None:
+        if not self.database_bytes or not self.recovery_seconds:
+            return None
+        return self.recovery_seconds / (self.database_bytes / 1e9)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verified": self.verified, "verdict": "verified" if self.verified else "FAILED",
+                "backup": self.backup, "provisioner": self.provisioner, "target": self.target,
+                "started_at": self.started_at,
+                "timings": {k: round(v, 3) for k, v in self.timings.items()},
+                "recovery_seconds": round(self.recovery_seconds, 3),
+                "database_bytes": self.database_bytes, "archive_bytes": self.archive_bytes,
+                "seconds_per_gb": None if self.seconds_per_gb is None else round(self.seconds_per_gb, 2),
+                "restore": self.restore.to_dict() if self.restore else None,
+                "verify": self.verify.to_dict() if self.verify else None,
+                "kept": self.kept, "error": self.error}
+
+    def text(self) -> str:
+        lines = [f"restore drill: {'VERIFIED' if self.verified else 'FAILED'}"]
+        lines.append(f"  backup        {self.backup or '-'}")
+        lines.append(f"  target        {self.target.get('url', '-')} ({self.provisioner}"
+                     f"{', kept' if self.kept else ', dropped after the drill'})")
+        order = ("provision", "download", "restore", "analyze", "verify", "teardown", "total")
+        lines.append("  timings       " + ", ".join(f"{k} {self.timings[k]:.2f}s" for k in order if k in self.timings))
+        size = f"{self.database_bytes / 1e6:.1f} MB database, {self.archive_bytes / 1e6:.1f} MB archive"
+        spg = f"{self.seconds_per_gb:.1f} s/GB" if self.seconds_per_gb is not None else "-"
+        lines.append(f"  recovery      {self.recovery_seconds:.2f}s for {size} ({spg})")
+        if self.restore and self.restore.warnings:
+            lines += [f"  warning       {w}" for w in self.restore.warnings]
+        if self.error:
+            lines.append(f"  error         {self.error}")
+        if self.verify is not None:
+            lines += ["  " + ln for ln in self.verify.text().splitlines()]
+        return "\n".join(lines)
+
+
+def _choose_backup(opts: DrillOptions, settings: Settings) -> str:
+    if opts.backup:
+        return opts.backup
+    entry = latest_backup(opts.dest or settings.backup_dest, database=opts.database)
+    if entry is None:
+        raise PgrunbookError(f"no backup found in {opts.dest or settings.backup_dest}")
+    return entry.archive
+
+
+def default_provisioner_kind(opts: DrillOptions) -> str:
+    return opts.provisioner or ("database" if opts.server_url else "local-instance")
+
+
+def run_drill(opts: DrillOptions, settings: Settings | None = None,
+              provisioner: Provisioner | None = None) -> DrillReport:
+    """Run one drill. Usage errors raise; every other failure is in the report (verified False)."""
+    settings = settings or Settings.from_env()
+    kind = provisioner.kind if provisioner is not None else default_provisioner_kind(opts)
+    report = DrillReport(provisioner=kind, started_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    t_all = time.monotonic()
+    if provisioner is None:
+        provisioner = get_provisioner(kind, server_url=opts.server_url,
+                                      work_dir=Path(opts.work_dir) / "instances" if opts.work_dir else None,
+                                      settings=settings)
+    target: ProvisionedTarget | None = None
+    try:
+        report.backup = _choose_backup(opts, settings)
+        manifest = ArchiveRef.from_uri(report.backup).manifest()
+        dbname = str(manifest.source.get("database")) if manifest else "restored"
+        roles = list(manifest.source.get("roles") or []) if manifest else []
+        if manifest:
+            report.database_bytes = int(manifest.source.get("database_size_bytes") or 0)
+        log.info("drill started", extra={"backup": report.backup, "provisioner": kind})
+
+        t = time.monotonic()
+        target = provisioner.create(dbname, roles)
+        report.timings["provision"] = time.monotonic() - t
+        report.target = target.to_dict()
+
+        fresh_instance = kind != "database"
+        # a fresh instance got the backup's roles; on a shared server, where roles lack, restore without
+        # ownership and grants (the report says which roles were missing)
+        restore = run_restore(RestoreOptions(file=report.backup, target_url=target.url, force=True, jobs=opts.jobs,
+                                             skip_missing_roles=True, analyze=not fresh_instance,
+                                             work_dir=opts.work_dir), settings)
+        report.restore = restore
+        report.archive_bytes = restore.bytes
+        report.timings["download"] = restore.download_seconds
+        report.timings["restore"] = restore.restore_seconds
+        t = time.monotonic()
+        provisioner.prepare_for_verify(target)
+        report.timings["analyze"] = restore.analyze_seconds + (time.monotonic() - t)
+
+        t = time.monotonic()
+        report.verify = run_verify(VerifyOptions(database_url=target.url, manifest=report.backup,
+                                                 manifest_data=manifest, app_url=opts.app_url, checks=opts.checks),
+                                   settings)
+        report.timings["verify"] = time.monotonic() - t
+        if not report.verify.ok:
+            report.error = "verification failed: " + "; ".join(
+                f"{c.name}: expected {c.expected}, actual {c.actual}" for c in report.verify.failures[:5])
+    except UsageError:
+        _teardown(provisioner, target, report, opts.keep)
+        raise
+    except PgrunbookError as exc:
+        report.error = str(exc)
+    except Exception as exc:  # a drill reports; it does not crash the monthly schedule
+        log.exception("drill failed unexpectedly")
+        report.error = f"{type(exc).__name__}: {mask_secrets(str(exc))}"
+    _teardown(provisioner, target, report, opts.keep)
+    report.timings["total"] = time.monotonic() - t_all
+    log.info("drill finished", extra={"verified": report.verified, "seconds": round(report.timings["total"], 2)})
+    return report
+
+
+def _teardown(provisioner: Provisioner, target: ProvisionedTarget | None, report: DrillReport, keep: bool) -> None:
+    if target is None or "teardown" in report.timings or report.kept:
+        return
+    if keep:
+        report.kept = True
+        return
+    t = time.monotonic()
+    try:
+        provisioner.destroy(target)
+    except Exception as exc:
+        msg = f"could not remove the drill target {target.name}: {mask_secrets(str(exc))}"
+        log.warning(msg)
+        report.error = report.error or msg
+    report.timings["teardown"] = time.monotonic() - t
+

@@ -1,0 +1,643 @@
+"""Guarded restore into a fresh database: prove the archive, prove the target, then load it in parallel.
+
+Order of work (nothing reaches the target before every guard passed):
+
+1. `--force` given; the target is not `$DATABASE_URL`.
+2. The target: reachable, EMPTY (no table, view, sequence, function, type or large object in a
+   non-system schema), not the backup's source (same `system_identifier` and database name),
+   server major >= the source's, every extension the archive uses available (all missing ones
+   reported at once), every role the archive's objects belong to present (or `--no-owner`).
+3. The archive: fetched once into a work folder (S3 streamed, hashed while downloading; a
+   local file is hashed in place; a `.dump.tar` is extracted while hashing), its sha256 equal to
+   `<archive>.sha256` and to the manifest, its table of contents read by `pg_restore --list`
+   (plain SQL: the gzip stream and the 'dump complete' trailer read to the end).
+4. The target is marked `pgrunbook: restore in progress` (COMMENT ON DATABASE), the archive
+   is loaded (`pg_restore -j N --exit-on-error` with restore-tuned session settings, or
+   `psql -v ON_ERROR_STOP=1 --single-transaction` for the runbook's .sql/.sql.gz), and ANALYZE
+   runs. On success the mark is removed; on failure it becomes `pgrunbook: restore FAILED: ...`
+   (and stays `in progress` if the process was killed): `verify` fails on either mark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import psycopg
+from psycopg import sql
+
+from . import catalog
+from .archive import CHUNK, PLAIN_HEADER, PLAIN_TRAILER, ArchiveRef, HashingReader, table_data_entries
+from .dburl import DatabaseUrl, mask_secrets
+from .errors import ChecksumMismatch, PgrunbookError, StoreError, UsageError
+from .manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest
+from .pgtools import Tool, find_tool, tool_env
+from .settings import Settings
+from .store import LocalStore
+
+log = logging.getLogger(__name__)
+
+MARK_IN_PROGRESS = "pgrunbook: restore in progress"
+MARK_FAILED = "pgrunbook: restore FAILED"
+
+# Session settings for every restore connection (PGOPTIONS): the load is re-runnable from the
+# archive, so a lost commit on a crash costs nothing; index builds get a large memory budget.
+RESTORE_SESSION = {
+    "synchronous_commit": "off",
+    "maintenance_work_mem": "512MB",
+    "work_mem": "64MB",
+    "jit": "off",
+}
+
+
+class RestoreFailed(PgrunbookError):
+    """pg_restore/psql failed part-way: the target is marked failed and must not be used."""
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    file: str  # archive path or s3:// URI (.dump, .dump.tar, .sql, .sql.gz; or its .manifest.json)
+    target_url: str | None = None  # default $NEW_DATABASE_URL
+    force: bool = False
+    jobs: int | None = None  # parallel pg_restore jobs (default: CPU count)
+    no_owner: bool = False
+    skip_missing_roles: bool = False  # like no_owner, but only when the target lacks roles (drills)
+    analyze: bool = True
+    work_dir: str | None = None  # where S3 archives are downloaded / tars extracted (default: $TMPDIR)
+    session_settings: Mapping[str, str] | None = None  # overrides RESTORE_SESSION
+
+
+@dataclass
+class RestoreResult:
+    archive: str
+    target: str
+    format: str
+    bytes: int = 0
+    sha256: str = ""
+    jobs: int = 1
+    download_seconds: float = 0.0
+    restore_seconds: float = 0.0
+    analyze_seconds: float = 0.0
+    seconds: float = 0.0
+    tables: int = 0
+    missing_roles: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    manifest: Manifest | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"archive": self.archive, "target": self.target, "format": self.format, "bytes": self.bytes,
+                "sha256": self.sha256, "jobs": self.jobs, "download_seconds": round(self.download_seconds, 3),
+                "restore_seconds": round(self.restore_seconds, 3), "analyze_seconds": round(self.analyze_seconds, 3),
+                "seconds": round(self.seconds, 3), "tables": self.tables, "missing_roles": self.missing_roles,
+                "warnings": self.warnings,
+                "manifest": None if self.manifest is None else self.archive + MANIFEST_SUFFIX}
+
+
+# --------------------------------------------------------------------------- target checks
+_NON_EMPTY_SQL = f"""
+WITH ext AS (SELECT classid, objid FROM pg_depend WHERE deptype = 'e')
+SELECT kind, name FROM (
+    SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view'
+                          WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' ELSE 'foreign table' END,
+           quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {catalog.USER_SCHEMAS}
+      AND NOT EXISTS (SELECT 1 FROM ext WHERE classid = 'pg_class'::regclass AND objid = c.oid)
+    UNION ALL
+    SELECT 'function', quote_ident(n.nspname) || '.' || quote_ident(p.proname)
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE {catalog.USER_SCHEMAS}
+      AND NOT EXISTS (SELECT 1 FROM ext WHERE classid = 'pg_proc'::regclass AND objid = p.oid)
+    UNION ALL
+    SELECT 'type', quote_ident(n.nspname) || '.' || quote_ident(t.typname)
+    FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+    WHERE {catalog.USER_SCHEMAS} AND t.typcategory <> 'A'
+      AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+      AND NOT EXISTS (SELECT 1 FROM ext WHERE classid = 'pg_type'::regclass AND objid = t.oid)
+    UNION ALL
+    SELECT 'large object', oid::text FROM pg_largeobject_metadata
+) AS objects(kind, name)
+LIMIT 6
+"""
+
+
+def target_objects(conn: psycopg.Connection[Any]) -> list[str]:
+    """Up to 6 'kind name' strings of user objects in the connected database (empty: none)."""
+    return [f"{kind} {name}" for kind, name in conn.execute(_NON_EMPTY_SQL).fetchall()]
+
+
+def database_mark(conn: psycopg.Connection[Any]) -> str | None:
+    """The database comment when it is a pgrunbook restore mark (in progress / FAILED), else None."""
+    row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                       "WHERE datname = current_database()").fetchone()
+    comment = row[0] if row else None
+    if comment and str(comment).startswith((MARK_IN_PROGRESS, MARK_FAILED)):
+        return str(comment)
+    return None
+
+
+def _set_mark(url: DatabaseUrl, text: str | None, *, only_if_ours: bool = False) -> None:
+    try:
+        with catalog.connect(url, autocommit=True, application="pgrunbook-restore") as conn:
+            conn.execute("SET default_transaction_read_only = off")
+            if only_if_ours and database_mark(conn) is None:
+                return
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(url.dbname), sql.Literal(text)))
+    except (psycopg.Error, PgrunbookError) as exc:
+        log.warning("could not mark the target database", extra={"target": url.display(),
+                                                                  "reason": mask_secrets(str(exc).strip())})
+
+
+@dataclass
+class _Needs:
+    """What the archive needs from the target server."""
+
+    source_major: int | None = None
+    extensions: set[str] = field(default_factory=set)
+    roles: set[str] = field(default_factory=set)
+    system_identifier: str | None = None
+    database: str | None = None
+    source_host: str | None = None
+    source_port: str | None = None
+
+
+def _needs_of(manifest: Manifest | None) -> _Needs:
+    needs = _Needs()
+    if manifest is None:
+        return needs
+    src = manifest.source
+    needs.source_major = int(src["server_version_num"]) // 10000
+    needs.extensions = set(src.get("extensions") or {})
+    needs.roles = set(src.get("roles") or [])
+    needs.system_identifier = src.get("system_identifier")
+    needs.database = src.get("database")
+    needs.source_host, needs.source_port = src.get("host"), src.get("port")
+    return needs
+
+
+@dataclass
+class _TargetInfo:
+    identity: catalog.ServerIdentity
+    available_extensions: set[str]
+    installed_extensions: set[str]
+    roles: set[str]
+    current_user: str
+
+
+def _inspect_target(url: DatabaseUrl) -> _TargetInfo:
+    with catalog.connect(url, autocommit=True, application="pgrunbook-restore") as conn:
+        identity = catalog.server_identity(conn)
+        objects = target_objects(conn)
+        if objects:
+            raise PgrunbookError(
+                f"the target {url.display()} is not empty ({', '.join(objects[:5])}"
+                f"{', ...' if len(objects) > 5 else ''}): restore only into a new, empty database")
+        available = {str(r[0]) for r in conn.execute("SELECT name FROM pg_available_extensions").fetchall()}
+        installed = {str(r[0]) for r in conn.execute("SELECT extname FROM pg_extension").fetchall()}
+        roles = {str(r[0]) for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+        user_row = conn.execute("SELECT current_user").fetchone()
+    return _TargetInfo(identity=identity, available_extensions=available, installed_extensions=installed,
+                       roles=roles, current_user=str(user_row[0]) if user_row else "")
+
+
+def _check_target(url: DatabaseUrl, info: _TargetInfo, needs: _Needs, no_owner: bool) -> list[str]:
+    """Raise when the target cannot take the archive; return the roles missing (with --no-owner)."""
+    ident = info.identity
+    if needs.database is not None:
+        same_system = (needs.system_identifier is not None and ident.system_identifier is not None
+                       and needs.system_identifier == ident.system_identifier)
+        same_endpoint = (needs.system_identifier is None or ident.system_identifier is None) and (
+            needs.source_host == url.host and str(needs.source_port) == url.port)
+        if (same_system or same_endpoint) and needs.database == ident.database:
+            raise PgrunbookError(
+                f"the target {url.display()} is the backup's source database ({needs.database} on the server with "
+                f"system_identifier {ident.system_identifier}): restore into a new database instead")
+    if needs.source_major is not None and ident.major < needs.source_major:
+        raise PgrunbookError(
+            f"the target server runs PostgreSQL {ident.server_version}, older than the backup's source "
+            f"(PostgreSQL {needs.source_major}): restore into a server of version {needs.source_major} or newer")
+    missing_ext = sorted(needs.extensions - info.available_extensions - info.installed_extensions)
+    if missing_ext:
+        raise PgrunbookError(
+            f"the target server lacks extension{'s' if len(missing_ext) > 1 else ''} the backup uses: "
+            f"{', '.join(missing_ext)} (install {'them' if len(missing_ext) > 1 else 'it'} on the server first)")
+    missing_roles = sorted(needs.roles - info.roles)
+    if missing_roles and not no_owner:
+        raise PgrunbookError(
+            f"the target server lacks role{'s' if len(missing_roles) > 1 else ''} {', '.join(missing_roles)} that "
+            "own or are granted objects in the backup: create them first, or pass --no-owner to restore without "
+            "ownership and grants")
+    return missing_roles
+
+
+# --------------------------------------------------------------------------- fetching the archive
+@dataclass
+class _Fetched:
+    path: Path  # file (custom, plain) or extracted directory (directory-tar)
+    sha256: str
+    bytes: int
+    toc: list[str] = field(default_factory=list)
+    plain_major: int | None = None
+    plain_extensions: set[str] = field(default_factory=set)
+
+
+def _copy_hashing(stream: IO[bytes], dest: Path | None) -> HashingReader:
+    reader = HashingReader(stream)
+    if dest is None:
+        reader.drain()
+        return reader
+    with open(dest, "wb") as out:
+        while chunk := reader.read(CHUNK):
+            out.write(chunk)
+    return reader
+
+
+def _extract_tar(stream: IO[bytes], dest: Path) -> HashingReader:
+    """Extract a pg_dump directory packed as a flat tar, hashing every byte of the tar."""
+    reader = HashingReader(stream)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+            for member in tar:
+                name = PurePosixPath(member.name)
+                if not member.isfile() or len(name.parts) != 1 or name.name in ("", ".", ".."):
+                    raise PgrunbookError(f"the archive holds an unexpected entry {member.name!r}")
+                data = tar.extractfile(member)
+                assert data is not None
+                with open(dest / name.name, "wb") as out:
+                    while chunk := data.read(CHUNK):
+                        out.write(chunk)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        reader.drain()
+        raise PgrunbookError(f"the archive does not read as a tar: {exc}") from None
+    reader.drain()
+    return reader
+
+
+_DUMPED_FROM = re.compile(rb"-- Dumped from database version (\d+)")
+_CREATE_EXT = re.compile(rb"^CREATE EXTENSION (?:IF NOT EXISTS )?\"?([A-Za-z0-9_-]+)\"?", re.M)
+
+
+def _scan_plain(path: Path, gz: bool) -> tuple[int | None, set[str]]:
+    """Read a plain SQL dump to its end: (source major, extensions); raise when truncated/corrupt."""
+    inflater = zlib.decompressobj(31) if gz else None
+    head, tail, carry = b"", b"", b""
+    exts: set[str] = set()
+    with open(path, "rb") as fh:
+        try:
+            while chunk := fh.read(CHUNK):
+                text = inflater.decompress(chunk) if inflater else chunk
+                if len(head) < 4096:
+                    head += text[:4096]
+                block = carry + text
+                if b"CREATE EXTENSION" in block:
+                    exts.update(m.decode() for m in _CREATE_EXT.findall(block))
+                carry = block[-200:]
+                tail = (tail + text)[-400:]
+            if inflater is not None:
+                tail = (tail + inflater.flush())[-400:]
+                if not inflater.eof:
+                    raise PgrunbookError("the archive does not read: the gzip stream is truncated")
+        except zlib.error as exc:
+            raise PgrunbookError(f"the archive does not read: the gzip stream is corrupt ({exc})") from None
+    if PLAIN_HEADER not in head:
+        raise PgrunbookError("the archive does not read: not a pg_dump SQL script (no header)")
+    if PLAIN_TRAILER not in tail:
+        raise PgrunbookError("the archive does not read: the SQL script is truncated (no 'dump complete' trailer)")
+    match = _DUMPED_FROM.search(head)
+    exts.discard("plpgsql")
+    return (int(match[1]) if match else None), exts
+
+
+def _toc_of(pg_restore: Tool, path: Path) -> list[str]:
+    proc = subprocess.run([str(pg_restore.path), "--list", str(path)], capture_output=True, text=True,
+                          env=tool_env(), stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        detail = next((ln for ln in proc.stderr.splitlines() if "error" in ln.lower()), proc.stderr.strip())
+        raise PgrunbookError(f"the archive does not read: {detail.removeprefix('pg_restore: error: ')}")
+    return [ln for ln in proc.stdout.splitlines() if ln and not ln.startswith(";")]
+
+
+def toc_extensions(toc: list[str]) -> set[str]:
+    found = set()
+    for line in toc:
+        if " EXTENSION - " in line:
+            found.add(line.split(" EXTENSION - ", 1)[1].split()[0])
+    found.discard("plpgsql")
+    return found
+
+
+def _fetch(ref: ArchiveRef, fmt: str, work: Path) -> _Fetched:
+    local = isinstance(ref.store, LocalStore)
+    try:
+        size = ref.store.size(ref.key)
+    except StoreError:
+        raise
+    if not local or fmt == "directory-tar":
+        free = shutil.disk_usage(work).free
+        if free < size * 1.05 + 64 * 1024 * 1024:
+            raise PgrunbookError(f"not enough free space in {work} for the {size} byte archive "
+                                 "(set PGRUNBOOK_WORK_DIR or --work-dir to a larger disk)")
+    with contextlib.closing(ref.open()) as stream:
+        if fmt == "directory-tar":
+            path = work / "archive.d"
+            reader = _extract_tar(stream, path)
+        elif local:
+            assert isinstance(ref.store, LocalStore)
+            path = ref.store.path(ref.key)
+            reader = _copy_hashing(stream, None)
+        else:
+            path = work / ref.name
+            reader = _copy_hashing(stream, path)
+    return _Fetched(path=path, sha256=reader.hexdigest(), bytes=reader.bytes)
+
+
+# --------------------------------------------------------------------------- loading
+def _pgoptions(overrides: Mapping[str, str] | None) -> str:
+    merged = {**RESTORE_SESSION, **(overrides or {})}
+    ours = " ".join(f"-c {k}={v}" for k, v in merged.items())
+    existing = os.environ.get("PGOPTIONS", "").strip()
+    return f"{existing} {ours}".strip()
+
+
+_TOC_ENTRY = re.compile(r"from TOC entry \d+; \d+ \d+ (.+)$")
+
+
+def _pg_restore_failure(stderr: str) -> str:
+    """'<what failed>: <first error>' from pg_restore's stderr."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    error = next((ln for ln in lines if "error:" in ln), lines[-1] if lines else "no output")
+    error = re.sub(r"^pg_restore:\s*error:\s*", "", error)
+    error = re.sub(r"^could not execute query:\s*", "", error)
+    obj = next((m[1] for ln in lines if (m := _TOC_ENTRY.search(ln))), None)
+    if obj:
+        parts = obj.rsplit(" ", 1)  # drop the owner
+        obj = parts[0] if len(parts) == 2 else obj
+        return f"failed at {obj}: {error}"
+    return error
+
+
+def _psql_failure(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    error = next((ln for ln in lines if "ERROR:" in ln or "FATAL:" in ln), lines[-1] if lines else "no output")
+    error = re.sub(r"^psql:[^:]*:\d+:\s*", "", error)
+    context = next((ln for ln in lines if ln.startswith(("CONTEXT:", "STATEMENT:"))), None)
+    where = re.search(r"psql:[^:]*:(\d+):", next((ln for ln in lines if "ERROR:" in ln), ""))
+    parts = [error]
+    if context:
+        parts.append(context[:200])
+    if where:
+        parts.append(f"at line {where[1]} of the script")
+    return " ".join(parts)
+
+
+class _StderrTail(threading.Thread):
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.lines: list[str] = []
+
+    def run(self) -> None:
+        for raw in self.stream:
+            self.lines.append(raw.decode("utf-8", "replace"))
+            del self.lines[:-200]
+
+    @property
+    def text(self) -> str:
+        self.join(timeout=10)
+        return "".join(self.lines)
+
+
+def _run_pg_restore(tool: Tool, url: DatabaseUrl, path: Path, jobs: int, no_owner: bool, no_acl: bool,
+                    session: Mapping[str, str] | None) -> None:
+    args = [str(tool.path), f"--dbname={url.conninfo()}", "--no-password", "--exit-on-error", f"--jobs={jobs}"]
+    if no_owner:
+        args.append("--no-owner")
+    if no_acl:
+        args.append("--no-acl")
+    args.append(str(path))
+    env = tool_env({**url.tool_env(), "PGOPTIONS": _pgoptions(session)})
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RestoreFailed(f"pg_restore failed: {mask_secrets(_pg_restore_failure(proc.stderr))}")
+
+
+_OWNER_LINE = re.compile(rb"^(ALTER [A-Z ]+ .* OWNER TO .*;|SET SESSION AUTHORIZATION .*;)\s*$")
+_ACL_LINE = re.compile(rb"^(GRANT|REVOKE) .*;\s*$")
+_COPY_START = re.compile(rb"^COPY .* FROM stdin;\s*$")
+
+
+class _PlainFilter:
+    """Drops ownership (and grant) statements of a pg_dump script outside COPY data (--no-owner)."""
+
+    def __init__(self, no_acl: bool) -> None:
+        self.no_acl = no_acl
+        self.in_copy = False
+        self.carry = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self.carry + data
+        cut = data.rfind(b"\n") + 1
+        self.carry = data[cut:]
+        return self._lines(data[:cut])
+
+    def flush(self) -> bytes:
+        rest, self.carry = self.carry, b""
+        return self._lines(rest)
+
+    def _lines(self, data: bytes) -> bytes:
+        out = []
+        for line in data.splitlines(keepends=True):
+            if self.in_copy:
+                if line.rstrip(b"\r\n") == b"\\.":
+                    self.in_copy = False
+                out.append(line)
+            elif _COPY_START.match(line):
+                self.in_copy = True
+                out.append(line)
+            elif _OWNER_LINE.match(line) or (self.no_acl and _ACL_LINE.match(line)):
+                continue
+            else:
+                out.append(line)
+        return b"".join(out)
+
+
+def _run_psql(tool: Tool, url: DatabaseUrl, path: Path, gz: bool, no_owner: bool, no_acl: bool,
+              session: Mapping[str, str] | None) -> None:
+    args = [str(tool.path), "-X", "-q", "-b", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--no-password",
+            f"--dbname={url.conninfo()}", "-f", "-"]
+    env = tool_env({**url.tool_env(), "PGOPTIONS": _pgoptions(session)})
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stderr is not None
+    errors = _StderrTail(proc.stderr)
+    errors.start()
+    inflater = zlib.decompressobj(31) if gz else None
+    filt = _PlainFilter(no_acl) if no_owner else None
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                data = inflater.decompress(chunk) if inflater else chunk
+                if filt:
+                    data = filt.feed(data)
+                proc.stdin.write(data)
+            tail = inflater.flush() if inflater else b""
+            if filt:
+                tail = filt.feed(tail) + filt.flush()
+            proc.stdin.write(tail)
+    except (BrokenPipeError, OSError):
+        pass  # psql stopped on an error: its exit status says why
+    with contextlib.suppress(BrokenPipeError, OSError):
+        proc.stdin.close()
+    rc = proc.wait()
+    if rc != 0:
+        raise RestoreFailed(f"psql failed (the whole restore was rolled back): "
+                            f"{mask_secrets(_psql_failure(errors.text))}")
+
+
+def analyze(url: DatabaseUrl) -> float:
+    """ANALYZE the whole database (a restore has no statistics); returns seconds."""
+    t0 = time.monotonic()
+    with catalog.connect(url, autocommit=True, application="pgrunbook-analyze") as conn:
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        conn.execute("ANALYZE")
+    return time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------- the restore
+@contextlib.contextmanager
+def _work_dir(base: str | None) -> Iterator[Path]:
+    root = Path(base or os.environ.get("PGRUNBOOK_WORK_DIR") or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="pgrunbook-restore-", dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_target(target_url: str | None, settings: Settings) -> DatabaseUrl:
+    return DatabaseUrl.parse(target_url or settings.new_database_url,
+                             what="target database URL (--target-url or NEW_DATABASE_URL)")
+
+
+def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> RestoreResult:
+    """Restore an archive into an empty database, or raise before touching it (see module doc)."""
+    settings = settings or Settings.from_env()
+    t0 = time.monotonic()
+    ref = ArchiveRef.from_uri(opts.file)
+    target = resolve_target(opts.target_url, settings)
+    if not opts.force:
+        raise UsageError(f"restore would load {ref.uri} into {target.display()}: pass --force to confirm "
+                         "the target (it must be a new, empty database)")
+    if opts.jobs is not None and opts.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if settings.database_url:
+        prod = DatabaseUrl.parse(settings.database_url, what="DATABASE_URL")
+        if prod.same_target(target):
+            raise PgrunbookError(f"the target {target.display()} is $DATABASE_URL (production): "
+                                 "restore into a new database and cut over instead")
+
+    manifest = ref.manifest()
+    fmt = manifest.archive_format if manifest else ref.format
+    runbook_file = fmt == "plain" and manifest is None
+    expected = ref.expected_sha256()
+    result = RestoreResult(archive=ref.uri, target=target.display(), format=fmt, manifest=manifest)
+    if expected is None:
+        if runbook_file:
+            msg = f"{ref.name}{SHA256_SUFFIX} is missing: the archive's integrity cannot be checked"
+            log.warning(msg)
+            result.warnings.append(msg)
+        else:
+            raise ChecksumMismatch(f"{ref.uri}{SHA256_SUFFIX} is missing: a pgrunbook backup always has one, so "
+                                   "this backup is incomplete or was tampered with; refusing to restore it")
+    if manifest is None and fmt != "plain":
+        raise PgrunbookError(f"{ref.uri}{MANIFEST_SUFFIX} is missing: the backup did not finish; "
+                             "refusing to restore it")
+
+    needs = _needs_of(manifest)
+    info = _inspect_target(target)
+    missing_roles = _check_target(target, info, needs, opts.no_owner or opts.skip_missing_roles)
+    no_owner = opts.no_owner or bool(missing_roles)
+    result.missing_roles = missing_roles
+    if missing_roles:
+        msg = (f"roles missing on the target: {', '.join(missing_roles)}; restoring without ownership and "
+               "without grants (--no-owner)")
+        log.warning(msg)
+        result.warnings.append(msg)
+    pg_tool = find_tool("psql" if fmt == "plain" else "pg_restore",
+                        min_major=max(info.identity.major, needs.source_major or 0), pg_bin=settings.pg_bin)
+
+    with _work_dir(opts.work_dir) as work:
+        # 1. the archive: fetched once, hashed on the way, proven readable
+        td = time.monotonic()
+        log.info("fetching the archive", extra={"archive": ref.uri})
+        fetched = _fetch(ref, fmt, work)
+        result.sha256, result.bytes = fetched.sha256, fetched.bytes
+        if expected is not None and fetched.sha256 != expected:
+            raise ChecksumMismatch(f"{ref.name} hashes to {fetched.sha256} but {ref.name}{SHA256_SUFFIX} says "
+                                   f"{expected}: the archive is damaged or incomplete; refusing to restore it")
+        if manifest is not None and (manifest.sha256 != fetched.sha256 or manifest.bytes != fetched.bytes):
+            raise ChecksumMismatch(
+                f"the manifest describes a different archive ({manifest.bytes} bytes, sha256 {manifest.sha256}) "
+                f"than {ref.name} ({fetched.bytes} bytes, sha256 {fetched.sha256}): manifest and archive come from "
+                "different backups; refusing to restore")
+        if fmt == "plain":
+            major, exts = _scan_plain(fetched.path, gz=ref.name.endswith(".gz"))
+            extra = _Needs(source_major=major, extensions=exts)
+        else:
+            toc = _toc_of(pg_tool, fetched.path)
+            if manifest is not None:
+                missing = sorted(set(manifest.tables) - table_data_entries(toc))
+                if missing:
+                    raise PgrunbookError(f"the archive lacks data for tables in its manifest: {', '.join(missing[:5])}")
+            result.tables = len(table_data_entries(toc))
+            extra = _Needs(extensions=toc_extensions(toc))
+        _check_target(target, info, extra, True)
+        result.download_seconds = time.monotonic() - td
+
+        # 2. still empty? then mark and load
+        with catalog.connect(target, autocommit=True, application="pgrunbook-restore") as conn:
+            objects = target_objects(conn)
+        if objects:
+            raise PgrunbookError(f"the target {target.display()} stopped being empty ({', '.join(objects[:5])})")
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        _set_mark(target, f"{MARK_IN_PROGRESS} (from {ref.uri}, started {started})")
+        jobs = opts.jobs or os.cpu_count() or 1
+        result.jobs = 1 if fmt == "plain" else jobs
+        tr = time.monotonic()
+        log.info("restoring", extra={"archive": ref.uri, "target": target.display(), "format": fmt,
+                                     "jobs": result.jobs})
+        try:
+            if fmt == "plain":
+                _run_psql(pg_tool, target, fetched.path, ref.name.endswith(".gz"), no_owner,
+                          bool(missing_roles), opts.session_settings)
+            else:
+                _run_pg_restore(pg_tool, target, fetched.path, jobs, no_owner, bool(missing_roles),
+                                opts.session_settings)
+            result.restore_seconds = time.monotonic() - tr
+            if opts.analyze:
+                result.analyze_seconds = analyze(target)
+        except BaseException as exc:
+            reason = str(exc) if isinstance(exc, PgrunbookError) else f"{type(exc).__name__}: {exc}"
+            _set_mark(target, f"{MARK_FAILED} ({datetime.now(UTC).isoformat(timespec='seconds')}, "
+                              f"from {ref.uri}): {mask_secrets(reason)[:900]}")
+            raise
+        _set_mark(target, None, only_if_ours=True)
+    result.seconds = time.monotonic() - t0
+    log.info("restore finished", extra={"target": target.display(), "seconds": round(result.seconds, 2)})
+    return result

@@ -1,0 +1,305 @@
+"""Prove a restored copy: the runbook's "Verify the restore" step, exact and automatic.
+
+Checks (each with expected, actual and a verdict):
+- connectivity (`SELECT now()`) and no pgrunbook restore mark (in progress / FAILED) on the database;
+- with a manifest: the exact row count of EVERY table equals the manifest's, no table missing or
+  unexpected, every sequence at least at the manifest's value, the applied Prisma migrations
+  (name and checksum) equal the manifest's and none failed;
+- without one: the row counts of the runbook's tables "User", "Job", "SecurityEvent" where they
+  exist, and no failed Prisma migration;
+- with an app URL (a staging app pointed at the copy): `GET /health`, `GET /ready`, configured
+  checks `METHOD:PATH:STATUS`, and an optional sign-in request whose credentials come from the
+  environment (SMOKE_SIGNIN_BODY as JSON, or SMOKE_EMAIL + SMOKE_PASSWORD).
+`ok` only when every check passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from . import catalog
+from .archive import ArchiveRef
+from .dburl import DatabaseUrl, mask_secrets
+from .errors import PgrunbookError, UsageError
+from .manifest import Manifest
+from .restore import database_mark
+from .settings import Settings
+
+RUNBOOK_TABLES = ("User", "Job", "SecurityEvent")
+DEFAULT_HTTP = ("GET:/health:200", "GET:/ready:200")
+
+
+@dataclass(frozen=True)
+class HttpCheck:
+    method: str
+    path: str
+    status: int
+    body: Any = None
+
+    @classmethod
+    def parse(cls, spec: str) -> HttpCheck:
+        """'GET:/health:200' (the path may itself contain ':')."""
+        method, sep, rest = spec.partition(":")
+        path, sep2, status = rest.rpartition(":")
+        if not sep or not sep2 or not method.isalpha() or not path.startswith("/") or not status.isdigit():
+            raise UsageError(f"invalid check {spec!r}: expected METHOD:PATH:STATUS, e.g. GET:/health:200")
+        return cls(method=method.upper(), path=path, status=int(status))
+
+    @property
+    def label(self) -> str:
+        return f"http {self.method} {self.path}"
+
+
+@dataclass
+class CheckResult:
+    name: str
+    expected: str
+    actual: str
+    ok: bool
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.name, "expected": self.expected, "actual": self.actual,
+                "verdict": "pass" if self.ok else "FAIL", "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class VerifyReport:
+    target: str
+    manifest: str | None = None
+    checks: list[CheckResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.ok]
+
+    def add(self, name: str, expected: object, actual: object, ok: bool, detail: str = "") -> CheckResult:
+        check = CheckResult(name=name, expected=str(expected), actual=str(actual), ok=ok, detail=detail)
+        self.checks.append(check)
+        return check
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "manifest": self.manifest, "ok": self.ok,
+                "verdict": "verified" if self.ok else "FAILED", "seconds": round(self.seconds, 3),
+                "checks": [c.to_dict() for c in self.checks],
+                "failures": [f"{c.name}: expected {c.expected}, actual {c.actual}" for c in self.failures]}
+
+    def text(self) -> str:
+        head = f"{'VERIFIED' if self.ok else 'FAILED'}  {self.target}"
+        if self.manifest:
+            head += f"  (against {self.manifest})"
+        width = max([len(c.name) for c in self.checks] + [5])
+        ew = max([len(c.expected) for c in self.checks] + [8])
+        aw = max([len(c.actual) for c in self.checks] + [6])
+        lines = [head, f"  {'CHECK':<{width}}  {'EXPECTED':<{ew}}  {'ACTUAL':<{aw}}  VERDICT"]
+        for c in self.checks:
+            line = f"  {c.name:<{width}}  {c.expected:<{ew}}  {c.actual:<{aw}}  {'pass' if c.ok else 'FAIL'}"
+            lines.append(line + (f"  ({c.detail})" if c.detail else ""))
+        lines.append(f"{len(self.checks) - len(self.failures)}/{len(self.checks)} checks passed in "
+                     f"{self.seconds:.2f}s")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    database_url: str | None = None  # default $NEW_DATABASE_URL, then $DATABASE_URL
+    manifest: str | None = None  # URI of the archive or of its .manifest.json
+    manifest_data: Manifest | None = None  # or the manifest itself (the drill passes it)
+    app_url: str | None = None
+    checks: tuple[HttpCheck, ...] = ()
+    sign_in: HttpCheck | None = None
+    default_http: bool = True  # GET /health and /ready when app_url is given
+    http_timeout: float = 10.0
+
+
+def _load_manifest(opts: VerifyOptions) -> tuple[Manifest | None, str | None]:
+    if opts.manifest_data is not None:
+        return opts.manifest_data, opts.manifest
+    if not opts.manifest:
+        return None, None
+    ref = ArchiveRef.from_uri(opts.manifest)
+    manifest = ref.manifest()
+    if manifest is None:
+        raise PgrunbookError(f"no manifest found for {opts.manifest} ({ref.uri}.manifest.json)")
+    return manifest, ref.uri + ".manifest.json"
+
+
+def _db_checks(report: VerifyReport, url: DatabaseUrl, manifest: Manifest | None) -> None:
+    try:
+        conn = catalog.connect(url, autocommit=True, application="pgrunbook-verify")
+    except PgrunbookError as exc:
+        report.add("connectivity", "SELECT now() answers", "no connection", False, str(exc))
+        return
+    with conn:
+        try:
+            now = conn.execute("SELECT now()").fetchone()
+            report.add("connectivity", "SELECT now() answers", now[0].isoformat(timespec="seconds") if now else "-",
+                       now is not None)
+            mark = database_mark(conn)
+            report.add("restore mark", "none", "none" if mark is None else mark[:120], mark is None,
+                       "" if mark is None else "the restore into this database did not finish")
+            if manifest is not None:
+                _manifest_checks(report, conn, manifest)
+            else:
+                _runbook_checks(report, conn)
+            _prisma_checks(report, conn, manifest)
+        except psycopg.Error as exc:
+            report.add("database query", "answers", "error", False, mask_secrets(str(exc).strip().splitlines()[0]))
+
+
+def _manifest_checks(report: VerifyReport, conn: psycopg.Connection[Any], manifest: Manifest) -> None:
+    expected = manifest.tables
+    present = catalog.user_tables(conn)
+    actual = catalog.exact_counts(conn, present)
+    for table in sorted(expected):
+        if table not in actual:
+            report.add(f"rows {table}", expected[table], "table missing", False)
+        else:
+            report.add(f"rows {table}", expected[table], actual[table], actual[table] == expected[table],
+                       "" if actual[table] == expected[table] else
+                       f"{table}: expected {expected[table]} rows, found {actual[table]}")
+    for table in sorted(set(actual) - set(expected)):
+        report.add(f"rows {table}", "no such table", actual[table], False, "a table the backup did not have")
+    seqs = catalog.sequences(conn)
+    for name, value in sorted(manifest.sequences.items()):
+        if name not in seqs:
+            report.add(f"sequence {name}", f">= {value}", "sequence missing", False)
+            continue
+        got = seqs[name]
+        ok = value is None or (got is not None and got >= value)
+        report.add(f"sequence {name}", f">= {value}" if value is not None else "any", got, ok)
+
+
+def _runbook_checks(report: VerifyReport, conn: psycopg.Connection[Any]) -> None:
+    found = 0
+    for table in RUNBOOK_TABLES:
+        row = conn.execute("SELECT to_regclass(%s)::text", (f'"{table}"',)).fetchone()
+        if not row or row[0] is None:
+            continue
+        found += 1
+        count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
+        report.add(f'rows "{table}"', "table readable", count[0] if count else "-", count is not None)
+    if not found:
+        report.add("runbook tables", '"User", "Job" or "SecurityEvent"', "none found", False,
+                   "no manifest given and none of the runbook's tables exist: pass --manifest")
+
+
+def _applied(rows: list[dict[str, Any]]) -> dict[str, str]:
+    return {str(r["name"]): str(r["checksum"]) for r in rows if r.get("finished_at") and not r.get("rolled_back_at")}
+
+
+def _prisma_checks(report: VerifyReport, conn: psycopg.Connection[Any], manifest: Manifest | None) -> None:
+    rows = catalog.prisma_migrations(conn)
+    expected_rows = manifest.prisma_migrations if manifest is not None else None
+    if rows is None:
+        if expected_rows is not None:
+            report.add("prisma migrations", f"{len(_applied(expected_rows))} applied", "no _prisma_migrations", False)
+        return
+    applied = _applied(rows)
+    failed = sorted({str(r["name"]) for r in rows if not r.get("finished_at") and not r.get("rolled_back_at")}
+                    - set(applied))
+    rolled_back = sorted(str(r["name"]) for r in rows if r.get("rolled_back_at"))
+    report.add("prisma failed migrations", "none", ", ".join(failed) or "none", not failed,
+               f"rolled back (reported): {', '.join(rolled_back)}" if rolled_back else "")
+    if expected_rows is None:
+        if manifest is not None:
+            report.add("prisma migrations", "no _prisma_migrations (as in the backup)", f"{len(applied)} applied",
+                       False)
+        return
+    want = _applied(expected_rows)
+    missing = sorted(set(want) - set(applied))
+    extra = sorted(set(applied) - set(want))
+    changed = sorted(n for n in set(want) & set(applied) if want[n] != applied[n])
+    problems = ([f"missing {', '.join(missing)}"] if missing else []) + \
+               ([f"not in the backup {', '.join(extra)}"] if extra else []) + \
+               ([f"checksum differs {', '.join(changed)}"] if changed else [])
+    last = max(want) if want else "-"
+    report.add("prisma migrations", f"{len(want)} applied (last {last})",
+               f"{len(applied)} applied (last {max(applied) if applied else '-'})", not problems, "; ".join(problems))
+
+
+def _sign_in_body() -> Any:
+    raw = os.environ.get("SMOKE_SIGNIN_BODY")
+    if raw:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise UsageError("SMOKE_SIGNIN_BODY is not valid JSON") from None
+    email, password = os.environ.get("SMOKE_EMAIL"), os.environ.get("SMOKE_PASSWORD")
+    if not email or not password:
+        raise UsageError("a sign-in check needs credentials: set SMOKE_SIGNIN_BODY (JSON) or SMOKE_EMAIL and "
+                         "SMOKE_PASSWORD")
+    return {"email": email, "password": password}
+
+
+def http_check(app_url: str, check: HttpCheck, timeout: float, name: str | None = None) -> CheckResult:
+    url = app_url.rstrip("/") + check.path
+    name = name or check.label
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--app-url must be an http(s) URL, not {app_url!r}")
+    data = None if check.body is None else json.dumps(check.body).encode()
+    request = urllib.request.Request(url, data=data, method=check.method,  # noqa: S310 - scheme checked above
+                                     headers={"Content-Type": "application/json", "Accept": "application/json",
+                                              "User-Agent": "pgrunbook-verify"})
+    t0 = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
+            status = int(resp.status)
+    except urllib.error.HTTPError as exc:
+        status = int(exc.code)
+    except TimeoutError:
+        return CheckResult(name, str(check.status), f"timed out after {timeout:g}s", False, url)
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            return CheckResult(name, str(check.status), f"timed out after {timeout:g}s", False, url)
+        return CheckResult(name, str(check.status), f"unreachable ({reason})", False, url)
+    except OSError as exc:
+        return CheckResult(name, str(check.status), f"unreachable ({exc})", False, url)
+    ms = (time.monotonic() - t0) * 1000
+    return CheckResult(name, str(check.status), str(status), status == check.status, f"{url} in {ms:.0f} ms")
+
+
+def run_verify(opts: VerifyOptions, settings: Settings | None = None) -> VerifyReport:
+    """Verify a database (and optionally an app pointed at it); never raises for a failed check."""
+    settings = settings or Settings.from_env()
+    url = DatabaseUrl.parse(opts.database_url or settings.new_database_url or settings.database_url,
+                            what="database URL to verify (--database-url, NEW_DATABASE_URL or DATABASE_URL)")
+    manifest, manifest_uri = _load_manifest(opts)
+    checks: list[HttpCheck] = []
+    if opts.app_url:
+        if opts.default_http:
+            checks += [HttpCheck.parse(s) for s in DEFAULT_HTTP]
+        checks += list(opts.checks)
+    elif opts.checks or opts.sign_in:
+        raise UsageError("HTTP checks need --app-url (the staging app pointed at the restored copy)")
+    sign_in = None
+    if opts.sign_in is not None:
+        sign_in = HttpCheck(opts.sign_in.method, opts.sign_in.path, opts.sign_in.status,
+                            opts.sign_in.body if opts.sign_in.body is not None else _sign_in_body())
+
+    t0 = time.monotonic()
+    report = VerifyReport(target=url.display(), manifest=manifest_uri)
+    _db_checks(report, url, manifest)
+    if opts.app_url:
+        for check in checks:
+            report.checks.append(http_check(opts.app_url, check, opts.http_timeout))
+        if sign_in is not None:
+            report.checks.append(http_check(opts.app_url, sign_in, opts.http_timeout,
+                                            name=f"sign-in {sign_in.method} {sign_in.path}"))
+    report.seconds = time.monotonic() - t0
+    return report
