@@ -1,0 +1,42 @@
+"""Plan function: the first step of each state machine. Validates the input (fails fast with a
+readable error, before anything is created), resolves `latest`, and picks Lambda or Fargate by
+database size. Also reads back a Fargate task's result (same shape as the Lambda path).
+
+Events: {"action": "backup", "databases": [...], "kind": "scheduled"}
+        {"action": "restore", "database": "app", "backup": "latest", "mode": "drill", "target": {...}}
+        {"action": "task-result", "key": "_tasks/<execution>/<name>.json"}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+
+from pgrunbook import operations
+from pgrunbook.events import BackupPlanEvent, EventError, RestorePlanEvent
+from pgrunbook.lambda_support import setup_handler_logging
+from pgrunbook.settings import Settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+setup_handler_logging(logger)
+
+
+@logger.inject_lambda_context(log_event=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics(raise_on_empty_metrics=False)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    action = event.get("action") if isinstance(event, dict) else None
+    settings = Settings.from_env()
+    if action == "backup":
+        return operations.plan_backup(BackupPlanEvent.parse(event.get("input") or {}), settings)
+    if action == "restore":
+        return operations.plan_restore(RestorePlanEvent.parse(event.get("input")), settings)
+    if action == "task-result":
+        key = event.get("key")
+        if not isinstance(key, str):
+            raise EventError("task-result event: missing field 'key'")
+        return operations.read_task_result(settings, key)
+    raise EventError(f"plan event: field 'action' must be one of backup, restore, task-result, not {action!r}")

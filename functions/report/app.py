@@ -1,0 +1,43 @@
+"""Report / notify function: summaries and reports to SNS (and the bucket), the cutover approval
+request, and the hourly age metrics the alarms watch.
+
+Events: {"action": "backup-summary", "kind", "execution", "results": [...]}
+        {"action": "restore-report", "execution", "plan", "target", "restore", "verify", "error"}
+        {"action": "request-approval", "task_token", "execution", "plan", "target", "verify"}
+        {"action": "metrics"}   (EventBridge Scheduler, hourly)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+
+from pgrunbook import reporting
+from pgrunbook.events import ReportEvent
+from pgrunbook.lambda_support import emit_metrics, setup_handler_logging
+from pgrunbook.settings import Settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+setup_handler_logging(logger)
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(raise_on_empty_metrics=False)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    ev = ReportEvent.parse(event)
+    settings = Settings.from_env()
+    if ev.action == "backup-summary":
+        return reporting.backup_summary(ev.data, settings)
+    if ev.action == "restore-report":
+        out = reporting.restore_report(ev.data, settings)
+        if out["verified"]:
+            emit_metrics(metrics, (ev.data.get("plan") or {}).get("database"),
+                         {"LastVerifiedRestoreAgeDays": (0, "Count")})
+        return out
+    if ev.action == "request-approval":
+        return reporting.request_approval(ev.data, settings)
+    return reporting.age_metrics(settings, metrics)
