@@ -344,10 +344,7 @@ def toc_extensions(toc: list[str]) -> set[str]:
 
 def _fetch(ref: ArchiveRef, fmt: str, work: Path) -> _Fetched:
     local = isinstance(ref.store, LocalStore)
-    try:
-        size = ref.store.size(ref.key)
-    except StoreError:
-        raise
+    size = ref.store.size(ref.key)
     if not local or fmt == "directory-tar":
         free = shutil.disk_usage(work).free
         if free < size * 1.05 + 64 * 1024 * 1024:
@@ -552,6 +549,8 @@ def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> Resto
             raise PgrunbookError(f"the target {target.display()} is $DATABASE_URL (production): "
                                  "restore into a new database and cut over instead")
 
+    if not ref.store.exists(ref.key):
+        raise StoreError(f"{ref.uri} not found")
     manifest = ref.manifest()
     fmt = manifest.archive_format if manifest else ref.format
     runbook_file = fmt == "plain" and manifest is None
