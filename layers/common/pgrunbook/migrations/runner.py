@@ -60,8 +60,9 @@ class ApplyOptions:
     stale_lock_after: float = DEFAULT_STALE_SECONDS  # an idle holder this old is reported as leaked
     baseline: str | None = None  # "*" = every local migration, or up to and including this name
     schema: str = history.DEFAULT_SCHEMA
-    # called with (migration name, "start" | "end") around each migration (rehearsal lock sampling)
-    observer: Callable[[str, str], None] | None = None
+    # called with (migration name, phase, connection) for phase "start", "before-commit" (inside the
+    # migration's transaction, after its last statement; transaction mode only) and "end" (rehearsal)
+    observer: Callable[[str, str, psycopg.Connection[Any]], None] | None = None
 
 
 @dataclass
@@ -194,7 +195,7 @@ def apply_one(conn: psycopg.Connection[Any], migration: Migration, opts: ApplyOp
                                           "statements": len(statements)})
     row_id = history.record_started(conn, migration.name, migration.checksum, opts.schema)
     if opts.observer:
-        opts.observer(migration.name, "start")
+        opts.observer(migration.name, "start", conn)
     t0 = time.monotonic()
     current: Statement | None = None
     done = 0
@@ -206,6 +207,8 @@ def apply_one(conn: psycopg.Connection[Any], migration: Migration, opts: ApplyOp
                     conn.execute(current.sql)
                     done += 1
                 current = None
+                if opts.observer:
+                    opts.observer(migration.name, "before-commit", conn)
                 history.record_finished(conn, row_id, opts.schema)
         else:
             _set_timeouts(conn, opts, local=False)
@@ -227,7 +230,7 @@ def apply_one(conn: psycopg.Connection[Any], migration: Migration, opts: ApplyOp
         raise MigrationFailed(message.splitlines()[0], migration.name, current) from None
     finally:
         if opts.observer:
-            opts.observer(migration.name, "end")
+            opts.observer(migration.name, "end", conn)
     seconds = time.monotonic() - t0
     log.info("migration applied", extra={"migration": migration.name, "seconds": round(seconds, 3)})
     return AppliedMigration(name=migration.name, seconds=seconds, statements=len(statements), mode=mode,
