@@ -219,3 +219,25 @@ def test_copy_of_the_tools_is_not_needed_for_the_pgtools_dir(tmp_path: Path) -> 
     libs = subprocess.run(["ldd", str(pg_dump.path)], capture_output=True, text=True).stdout
     assert "libzstd" in libs and "libssl" in libs
     assert shutil.which("sha256sum")
+
+
+def test_the_password_reaches_pg_dump_through_the_environment_not_argv(sample_db: str, tmp_path: Path) -> None:
+    password = sample_db.split(":")[2].split("@")[0]
+    seen: list[list[str]] = []
+
+    def capture(proc: subprocess.Popen[bytes]) -> None:
+        seen.append([str(a) for a in proc.args])  # type: ignore[union-attr]
+        seen.append(Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace").split("\0"))
+
+    run_backup(BackupOptions(database_url=sample_db, dest=str(tmp_path), jobs=1), Settings.from_env({}),
+               on_dump_started=capture)
+    assert seen and all(password not in arg for argv in seen for arg in argv)
+
+
+@pytest.mark.parametrize(("compress", "expected"), [("gzip", "gzip:1"), ("none", "none"), ("zstd", "zstd:1")])
+def test_each_compression_gives_a_verifiable_archive(sample_db: str, tmp_path: Path, compress: str,
+                                                     expected: str) -> None:
+    result = run_backup(BackupOptions(database_url=sample_db, dest=str(tmp_path), compress=compress, jobs=1),
+                        Settings.from_env({}))
+    assert result.manifest_data["archive"]["compression"] == expected
+    assert run_cli("verify-backup", result.archive).returncode == 0
