@@ -70,6 +70,8 @@ def _runner(size_bytes: int, forced: str | None = None) -> str:
     """lambda, or ecs when the database is too big for Lambda's 15 minutes."""
     if forced in ("lambda", "ecs"):
         return forced
+    if (os.environ.get("PGRUNBOOK_FARGATE") or "on").lower() in ("off", "false", "0"):
+        return "lambda"  # the stack has no Fargate task (no container image given)
     limit = _env_int("PGRUNBOOK_LAMBDA_MAX_GB", 20) * GB
     return "ecs" if size_bytes > limit else "lambda"
 
@@ -102,7 +104,8 @@ def plan_backup(ev: BackupPlanEvent, settings: Settings) -> dict[str, Any]:
             size = int((manifest.source if manifest else {}).get("database_size_bytes") or 0)
         items.append({"database": name, "kind": ev.kind, "size_bytes": size,
                       "runner": _runner(size, _forced_runner(name))})
-    return {"kind": ev.kind, "databases": names, "items": items}
+    return {"kind": ev.kind, "databases": names, "items": items,
+            "max_concurrency": _env_int("PGRUNBOOK_BACKUP_MAX_CONCURRENCY", 2)}
 
 
 def plan_restore(ev: RestorePlanEvent, settings: Settings) -> dict[str, Any]:
