@@ -146,6 +146,26 @@ _DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
 _DIRECTIVE = re.compile(r"--\s*((?:pgrunbook|squawk)-ignore(?:-file)?\b.*)$", re.I)
 
 
+def _strip_leading_comments(text: str) -> str:
+    while True:
+        if text.startswith("--"):
+            text = text.split("\n", 1)[1].lstrip() if "\n" in text else ""
+        elif text.startswith("/*"):
+            depth, i = 0, 0
+            while i < len(text):
+                if text.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                    if depth == 0:
+                        break
+                else:
+                    i += 1
+            text = text[i:].lstrip()
+        else:
+            return text
+
+
 def split_statements(script: str) -> list[Statement]:
     """Split on top-level semicolons, honouring '...' and E'...' strings, "identifiers",
     $tag$ bodies $tag$, -- comments, nested /* */ comments and BEGIN ATOMIC ... END bodies."""
@@ -159,11 +179,12 @@ def split_statements(script: str) -> list[Statement]:
 
     def flush(end: int) -> None:
         nonlocal start, bare, directives
-        text = script[start:end].strip()
+        segment = script[start:end]
+        text = _strip_leading_comments(segment.strip())
         bare_text = " ".join("".join(bare).split())
         if bare_text:
-            lead = len(script[start:end]) - len(script[start:end].lstrip())
-            line = script.count("\n", 0, start + lead) + 1
+            offset = max(segment.find(text), 0)
+            line = script.count("\n", 0, start + offset) + 1
             out.append(Statement(index=len(out) + 1, line=line, sql=text, bare=bare_text,
                                  directives=tuple(directives)))
             directives = []

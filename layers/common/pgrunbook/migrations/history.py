@@ -119,7 +119,7 @@ def mark_applied(conn: psycopg.Connection[Any], name: str, checksum: str, schema
     """What `prisma migrate resolve --applied` writes: a finished row with applied_steps_count 0."""
     row_id = str(uuid.uuid4())
     conn.execute(sql.SQL("INSERT INTO {} (id, checksum, started_at, finished_at, migration_name, applied_steps_count) "
-                         "VALUES (%s, %s, now(), now(), %s, 0)").format(_table(schema)),
+                         "VALUES (%s, %s, clock_timestamp(), clock_timestamp(), %s, 0)").format(_table(schema)),
                  (row_id, checksum, name))
     return row_id
 

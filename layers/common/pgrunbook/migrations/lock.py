@@ -79,7 +79,7 @@ def lock_holder(conn: psycopg.Connection[Any]) -> LockHolder | None:
         FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
         WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database
                                                                      WHERE datname = current_database())
-          AND l.classid = (%(k)s >> 32)::oid AND l.objid = (%(k)s & 4294967295)::oid AND l.objsubid = 1
+          AND l.classid = (%(k)s::bigint >> 32)::oid AND l.objid = (%(k)s::bigint & 4294967295)::oid AND l.objsubid = 1
           AND l.pid IS DISTINCT FROM pg_backend_pid()
         LIMIT 1""", {"k": LOCK_KEY}).fetchone()
     if row is None:

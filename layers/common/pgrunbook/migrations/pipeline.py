@@ -149,6 +149,9 @@ def run_migrate(opts: MigrateOptions, settings: Settings | None = None) -> Migra
                          "_prisma_migrations table: it is not managed by migrations (Prisma's P3005). If it already "
                          "has the migrations' schema, baseline it: `pgrunbook migrate --baseline` (all local "
                          "migrations) or `--baseline NAME`")
+    if before.managed and opts.baseline is not None:
+        raise UsageError("--baseline is for a database without _prisma_migrations; this one is already managed "
+                         "(use `pgrunbook migrate resolve --applied NAME` for a single migration)")
     if before.failed:
         raise FailedMigrationsPresent(_failed_message(before.failed))
     if not before.managed:
