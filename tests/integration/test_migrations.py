@@ -218,7 +218,7 @@ def test_missing_migrations_folder(fresh_db: str, tmp_path: Path, capsys: pytest
     missing = tmp_path / "prisma" / "migrations"
     for argv in (["migrate-status"], ["migrate", "--skip-backup", "--reason", "t"],
                  ["migrate", "resolve", "--applied", "x"]):
-        code, out, err = cli(capsys, *argv, "--database-url", fresh_db, "--migrations", str(missing))
+        code, _, err = cli(capsys, *argv, "--database-url", fresh_db, "--migrations", str(missing))
         assert code == 2, argv
         assert f"migrations folder {missing} does not exist" in err and "Traceback" not in err
     bad = write(tmp_path / "m", {})
@@ -386,8 +386,10 @@ def test_lint_gate_blocks_locking_ddl_under_strict(sample_db: str, tmp_path: Pat
 
 def test_lint_rules_and_acknowledgements(tmp_path: Path) -> None:
     mig = write(tmp_path / "m", {
-        "20260101000000_prisma_style": INIT + 'CREATE TABLE "Post" ("id" SERIAL NOT NULL, "accountId" INTEGER NOT NULL);\n'
-        'ALTER TABLE "Post" ADD CONSTRAINT "Post_accountId_fkey" FOREIGN KEY ("accountId") REFERENCES "Account"("id");\n',
+        "20260101000000_prisma_style": INIT
+        + 'CREATE TABLE "Post" ("id" SERIAL NOT NULL, "accountId" INTEGER NOT NULL);\n'
+        'ALTER TABLE "Post" ADD CONSTRAINT "Post_accountId_fkey" FOREIGN KEY ("accountId") '
+        'REFERENCES "Account"("id");\n',
         "20260102000000_expand": 'ALTER TABLE "Account" ADD COLUMN "displayName" TEXT;\n'
         'ALTER TABLE "Account" ADD CONSTRAINT "Account_dn" CHECK ("displayName" <> \'\') NOT VALID;\n'
         'ALTER INDEX "Account_email_key" RENAME TO "Account_email_uq";\n',
