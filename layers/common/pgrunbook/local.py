@@ -1,0 +1,483 @@
+"""Run the real state machines on this machine.
+
+`template.yaml` is read with cfn-lint's CloudFormation-aware YAML loader; each state machine's
+`DefinitionSubstitutions` is resolved (a small evaluator for Ref / GetAtt / If / Join / Sub
+against local values); the real `statemachines/*.asl.json` is created in an in-process moto
+(Step Functions executes real ASL there) and Lambda Task states call the handlers of
+`functions/<name>/app.py` in-process through ONE adapter (`LambdaAdapter`) that replaces
+moto's LambdaSimpleBackend.invoke and returns Lambda's error shape, so Retry/Catch behave as
+on AWS. Written for moto 5.2 (`MOTO_MINOR`); `check_moto()` refuses another minor version.
+
+Used by tests (tests/statemachine/) and by `make demo`; needs the dev dependencies (moto,
+cfn-lint), imported lazily so the Lambda layer never loads them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import PgrunbookError
+from .lambda_support import LocalContext, error_payload
+
+MOTO_MINOR = "5.2"
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+SUBSTITUTION = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+Handler = Callable[[Any, Any], Any]
+
+
+def project_root() -> Path:
+    """The repository root (template.yaml), found upward from this file or the working directory."""
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for parent in [start, *start.parents]:
+            if (parent / "template.yaml").is_file() and (parent / "statemachines").is_dir():
+                return parent
+    raise PgrunbookError("template.yaml not found (run from the repository)")
+
+
+def check_moto() -> None:
+    import moto
+
+    if not str(moto.__version__).startswith(MOTO_MINOR + "."):
+        raise PgrunbookError(f"pgrunbook.local was written for moto {MOTO_MINOR}.x (its Lambda backend is patched); "
+                             f"found {moto.__version__}: re-check LambdaAdapter and pin the new minor")
+
+
+# --------------------------------------------------------------------------- template
+def load_template(path: Path | None = None) -> dict[str, Any]:
+    from cfnlint.decode import cfn_yaml
+
+    template = cfn_yaml.load(str(path or project_root() / "template.yaml"))
+    return dict(template)
+
+
+@dataclass(frozen=True)
+class StateMachineSpec:
+    logical_id: str
+    definition_uri: str
+    substitutions: dict[str, Any]
+
+
+def state_machine_specs(template: Mapping[str, Any]) -> dict[str, StateMachineSpec]:
+    found = {}
+    for logical_id, res in template.get("Resources", {}).items():
+        if res.get("Type") == "AWS::Serverless::StateMachine":
+            props = res.get("Properties", {})
+            found[logical_id] = StateMachineSpec(logical_id, str(props["DefinitionUri"]),
+                                                 dict(props.get("DefinitionSubstitutions") or {}))
+    return found
+
+
+def function_ids(template: Mapping[str, Any]) -> list[str]:
+    return [k for k, r in template.get("Resources", {}).items() if r.get("Type") == "AWS::Serverless::Function"]
+
+
+def handler_path(logical_id: str, root: Path | None = None) -> Path:
+    """Convention: <Name>Function -> functions/<name>/app.py (see functions/Makefile)."""
+    if not logical_id.endswith("Function"):
+        raise PgrunbookError(f"{logical_id}: function logical ids end in 'Function'")
+    return (root or project_root()) / "functions" / logical_id[: -len("Function")].lower() / "app.py"
+
+
+def load_handler(path: Path) -> Handler:
+    """Import functions/<name>/app.py under a unique module name and return its lambda_handler."""
+    name = f"pgrunbook_fn_{path.parent.name}_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise PgrunbookError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    handler: Handler = module.lambda_handler
+    return handler
+
+
+class Intrinsics:
+    """Evaluates the few CloudFormation intrinsics our substitutions and environment use."""
+
+    def __init__(self, refs: Mapping[str, Any], attrs: Mapping[str, Any], conditions: Mapping[str, bool]) -> None:
+        self.refs, self.attrs, self.conditions = refs, attrs, conditions
+
+    def eval(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.eval(v) for v in value]
+        if not isinstance(value, Mapping):
+            return value
+        if len(value) != 1:
+            return {k: self.eval(v) for k, v in value.items()}
+        (key, arg), = value.items()
+        if key == "Ref":
+            if arg not in self.refs:
+                raise PgrunbookError(f"local: no value for Ref {arg}")
+            return self.refs[arg]
+        if key == "Fn::GetAtt":
+            parts = arg if isinstance(arg, list) else str(arg).split(".", 1)
+            name = ".".join(parts)
+            if name not in self.attrs:
+                raise PgrunbookError(f"local: no value for GetAtt {name}")
+            return self.attrs[name]
+        if key == "Fn::If":
+            cond, yes, no = arg
+            return self.eval(yes if self.conditions[cond] else no)
+        if key == "Fn::Join":
+            sep, items = arg
+            items = self.eval(items)
+            return sep.join(str(i) for i in items)
+        if key == "Fn::Sub":
+            text, local = (arg, {}) if isinstance(arg, str) else (arg[0], self.eval(arg[1]))
+
+            def sub(m: re.Match[str]) -> str:
+                name = m.group(1)
+                if name in local:
+                    return str(local[name])
+                if name in self.attrs:
+                    return str(self.attrs[name])
+                return str(self.refs[name])
+            return re.sub(r"\$\{([A-Za-z0-9_:.]+)\}", sub, text)
+        return {k: self.eval(v) for k, v in value.items()}
+
+
+def render_definition(text: str, values: Mapping[str, Any]) -> str:
+    """Fill ${Name} like CloudFormation's DefinitionSubstitutions; a missing one is an error."""
+    missing = sorted({m for m in SUBSTITUTION.findall(text) if m not in values})
+    if missing:
+        raise PgrunbookError(f"substitutions not defined: {', '.join(missing)}")
+    return SUBSTITUTION.sub(lambda m: str(values[m.group(1)]), text)
+
+
+# --------------------------------------------------------------------------- Lambda adapter
+class LambdaAdapter:
+    """Replaces moto's LambdaSimpleBackend.invoke (which only echoes) by a call of our handler.
+
+    Success: the handler's JSON result. Unhandled exception: Lambda's error shape, i.e. header
+    `x-amz-function-error: Unhandled` and body {errorType, errorMessage, stackTrace}, which moto's
+    Step Functions turns into the state's Error (= errorType) for Retry/Catch matching."""
+
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        self.handlers = dict(handlers)  # function name -> handler
+        self.calls: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        self._original: Any = None
+
+    def _handler_for(self, function_name: str) -> Handler | None:
+        name = function_name.rsplit(":function:", 1)[-1].split(":", 1)[0]
+        return self.handlers.get(name)
+
+    def invoke(self, function_name: str, qualifier: str | None, body: Any, headers: Any,
+               response_headers: dict[str, str]) -> bytes:
+        handler = self._handler_for(function_name)
+        raw = body.decode() if isinstance(body, bytes) else (body or "{}")
+        event = json.loads(raw) if raw else {}
+        with self._lock:
+            self.calls.append((function_name, event))
+        if handler is None:
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": "ResourceNotFoundException",
+                               "errorMessage": f"no local handler for {function_name}"}).encode()
+        try:
+            result = handler(event, LocalContext(function_name=function_name))
+        except Exception as exc:
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps(error_payload(exc)).encode()
+        return json.dumps(result, default=str).encode()
+
+    def install(self) -> None:
+        from moto.awslambda_simple.models import LambdaSimpleBackend
+
+        check_moto()
+        self._original = LambdaSimpleBackend.__dict__["invoke"]
+        adapter = self
+
+        def invoke(backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any,
+                   response_headers: Any) -> bytes:
+            return adapter.invoke(function_name, qualifier, body, headers, response_headers)
+
+        LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+
+    def uninstall(self) -> None:
+        from moto.awslambda_simple.models import LambdaSimpleBackend
+
+        if self._original is not None:
+            LambdaSimpleBackend.invoke = self._original  # type: ignore[method-assign]
+            self._original = None
+
+
+# --------------------------------------------------------------------------- the local cloud
+@dataclass
+class Execution:
+    arn: str
+    status: str
+    output: Any = None
+    error: str | None = None
+    cause: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def states_entered(self) -> list[str]:
+        return [e["stateEnteredEventDetails"]["name"] for e in self.history if "stateEnteredEventDetails" in e]
+
+    def task_outputs(self, state: str) -> list[Any]:
+        """Outputs of every exit of `state` (parsed JSON)."""
+        return [json.loads(e["stateExitedEventDetails"]["output"]) for e in self.history
+                if e.get("stateExitedEventDetails", {}).get("name") == state]
+
+
+@dataclass
+class LocalDatabase:
+    name: str
+    url: str  # a libpq URL with password; stored in a (moto) secret, never in the environment
+
+
+class LocalCloud:
+    """An in-process moto with the stack's bucket, key, topic, secrets and state machines, and the
+    handlers wired in. Use as a context manager; `run(name, input)` executes and waits."""
+
+    def __init__(self, databases: list[LocalDatabase], *, root: Path | None = None,
+                 env: Mapping[str, str] | None = None, parameters: Mapping[str, Any] | None = None) -> None:
+        self.root = root or project_root()
+        self.template = load_template(self.root / "template.yaml")
+        self.databases = databases
+        self.extra_env = dict(env or {})
+        self.parameters = dict(parameters or {})
+        self.bucket = f"pgrunbook-local-{uuid.uuid4().hex[:8]}"
+        self.state_machines: dict[str, str] = {}
+        self._mock: Any = None
+        self._saved_env: dict[str, str | None] = {}
+        self.adapter: LambdaAdapter | None = None
+        self.topic_arn = ""
+        self.key_arn = ""
+
+    # -- setup
+    def __enter__(self) -> LocalCloud:
+        from moto import mock_aws
+
+        from . import aws
+
+        check_moto()
+        self._set_env({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL": None,
+                       "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_DEV": "false"})
+        self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True},
+                                      "lambda": {"use_docker": False}})
+        self._mock.start()
+        aws.reset_clients()
+        try:
+            self._create_resources()
+            self.adapter = LambdaAdapter(self._handlers())
+            self.adapter.install()
+            for logical_id in state_machine_specs(self.template):
+                self.create_state_machine(logical_id)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from . import aws
+
+        if self.adapter is not None:
+            self.adapter.uninstall()
+        if self._mock is not None:
+            self._mock.stop()
+            self._mock = None
+        aws.reset_clients()
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env = {}
+
+    def _set_env(self, values: Mapping[str, str | None]) -> None:
+        for key, value in values.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def _create_resources(self) -> None:
+        from urllib.parse import urlsplit
+
+        from . import aws
+
+        self.key_arn = aws.client("kms").create_key(Description="pgrunbook local")["KeyMetadata"]["Arn"]
+        aws.client("s3").create_bucket(Bucket=self.bucket)
+        self.topic_arn = aws.client("sns").create_topic(Name="pgrunbook-local")["TopicArn"]
+        self.secret_arns: dict[str, str] = {}
+        entries = []
+        for db in self.databases:
+            parts = urlsplit(db.url)
+            secret = {"username": parts.username, "password": parts.password, "host": parts.hostname,
+                      "port": parts.port or 5432, "dbname": parts.path.lstrip("/")}
+            arn = aws.client("secretsmanager").create_secret(
+                Name=f"pgrunbook-local/{db.name}-{uuid.uuid4().hex[:6]}", SecretString=json.dumps(secret))["ARN"]
+            self.secret_arns[db.name] = arn
+            entries.append({"name": db.name, "secret_arn": arn})
+        fn_arn = {f"{fid}.Arn": self.function_arn(fid) for fid in function_ids(self.template)}
+        refs: dict[str, Any] = {
+            "BackupBucket": self.bucket, "NotificationTopic": self.topic_arn, "Key": self.key_arn,
+            "DatabasesJson": json.dumps(entries), "DatabaseSecretArns": list(self.secret_arns.values()),
+            "SubnetIds": ["subnet-local1", "subnet-local2"], "SecurityGroupIds": ["sg-local"],
+            "TaskDefinition": "none", "RestoreTunedParameterGroup": "pgrunbook-restore-tuned",
+            "AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws", "AWS::StackName": "local",
+            **{fid: fid for fid in function_ids(self.template)},
+        }
+        for name, param in self.template.get("Parameters", {}).items():
+            refs.setdefault(name, self.parameters.get(name, param.get("Default", "")))
+        refs.update(self.parameters)
+        attrs = {**fn_arn, "Key.Arn": self.key_arn, "BackupBucket.Arn": f"arn:aws:s3:::{self.bucket}",
+                 "TaskCluster.Arn": "none"}
+        conditions = {"HasFargate": False, "HasEmail": False, "HasDrill": bool(refs.get("DrillDatabase")),
+                      "HasObjectLock": False, "HasRdsSubnetGroup": False}
+        self.intrinsics = Intrinsics(refs, attrs, conditions)
+        # the functions' environment, as the template sets it (Globals), plus local overrides
+        env = self.template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+        values = {k: str(self.intrinsics.eval(v)) for k, v in env.items()}
+        values.update({"PGRUNBOOK_SSLMODE": "prefer", "PGRUNBOOK_POLL_SECONDS": "0", "PGRUNBOOK_FARGATE": "off",
+                       "PGRUNBOOK_PG_BIN": os.environ.get("PGRUNBOOK_PG_BIN", ""), "PGRUNBOOK_WORK_DIR": ""})
+        values.update(self.extra_env)
+        self._set_env({k: (v or None) for k, v in values.items()})
+
+    def function_arn(self, logical_id: str) -> str:
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{logical_id}"
+
+    def _handlers(self) -> dict[str, Handler]:
+        return {fid: load_handler(handler_path(fid, self.root)) for fid in function_ids(self.template)}
+
+    def create_state_machine(self, logical_id: str) -> str:
+        from . import aws
+
+        spec = state_machine_specs(self.template)[logical_id]
+        values = {k: self.intrinsics.eval(v) for k, v in spec.substitutions.items()}
+        definition = render_definition((self.root / spec.definition_uri).read_text(), values)
+        arn = aws.client("stepfunctions").create_state_machine(
+            name=f"{logical_id}-{uuid.uuid4().hex[:6]}", definition=definition,
+            roleArn=f"arn:aws:iam::{ACCOUNT}:role/pgrunbook-local")["stateMachineArn"]
+        self.state_machines[logical_id] = str(arn)
+        return str(arn)
+
+    # -- running
+    def start(self, logical_id: str, payload: Any) -> str:
+        from . import aws
+
+        name = f"local-{uuid.uuid4().hex[:12]}"  # moto needs a name: unnamed runs collide
+        resp = aws.client("stepfunctions").start_execution(
+            stateMachineArn=self.state_machines[logical_id], name=name, input=json.dumps(payload))
+        return str(resp["executionArn"])
+
+    def wait(self, execution_arn: str, timeout: float = 120.0,
+             until: Callable[[Execution], bool] | None = None) -> Execution:
+        from . import aws
+
+        sfn = aws.client("stepfunctions")
+        deadline = time.monotonic() + timeout
+        while True:
+            desc = sfn.describe_execution(executionArn=execution_arn)
+            current = self._execution(desc)
+            if desc["status"] != "RUNNING" or (until is not None and until(current)):
+                return current
+            if time.monotonic() > deadline:
+                raise PgrunbookError(f"local execution still running after {timeout:.0f}s: {execution_arn}")
+            time.sleep(0.1)
+
+    def _execution(self, desc: Mapping[str, Any]) -> Execution:
+        from . import aws
+
+        sfn = aws.client("stepfunctions")
+        history: list[dict[str, Any]] = []
+        token = None
+        while True:
+            kwargs = {"executionArn": desc["executionArn"], "maxResults": 1000}
+            if token:
+                kwargs["nextToken"] = token
+            page = sfn.get_execution_history(**kwargs)
+            history += page["events"]
+            token = page.get("nextToken")
+            if not token:
+                break
+        output = json.loads(desc["output"]) if desc.get("output") else None
+        return Execution(arn=str(desc["executionArn"]), status=str(desc["status"]), output=output,
+                         error=desc.get("error"), cause=desc.get("cause"), history=history)
+
+    def run(self, logical_id: str, payload: Any, timeout: float = 120.0) -> Execution:
+        return self.wait(self.start(logical_id, payload), timeout)
+
+    def notifications(self) -> list[tuple[str | None, str]]:
+        """(subject, message) of everything published to the stack's topic."""
+        from moto.sns.models import sns_backends
+
+        topic = sns_backends[ACCOUNT][REGION].topics[self.topic_arn]
+        return [(subject, message) for (_id, message, subject, _attrs, _group) in topic.sent_notifications]
+
+    def send_task_success(self, token: str, output: Any) -> None:
+        from . import aws
+
+        aws.client("stepfunctions").send_task_success(taskToken=token, output=json.dumps(output))
+
+
+@contextmanager
+def local_cloud(databases: list[LocalDatabase], **kwargs: Any) -> Iterator[LocalCloud]:
+    with LocalCloud(databases, **kwargs) as cloud:
+        yield cloud
+
+
+# --------------------------------------------------------------------------- structural checks
+def task_states(definition: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, state) for every Task, including those inside Map/Parallel."""
+    for name, state in definition.get("States", {}).items():
+        if state.get("Type") == "Task":
+            yield name, state
+        for sub in [state.get("ItemProcessor"), state.get("Iterator"), *(state.get("Branches") or [])]:
+            if sub:
+                yield from task_states(sub)
+
+
+def structure_problems(definition: Mapping[str, Any], notify_resources: tuple[str, ...]) -> list[str]:
+    """Every Task has Retry and Catch (and a timeout); every way into a top-level Fail state
+    passes through a notifying state (a Task whose Resource or FunctionName is in notify_resources)."""
+    problems = []
+    for name, state in task_states(definition):
+        for key in ("Retry", "Catch"):
+            if not state.get(key):
+                problems.append(f"Task {name} has no {key}")
+        if "TimeoutSeconds" not in state and "TimeoutSecondsPath" not in state:
+            problems.append(f"Task {name} has no TimeoutSeconds")
+    states = definition.get("States", {})
+
+    def notifies(state: Mapping[str, Any]) -> bool:
+        if state.get("Type") != "Task":
+            return False
+        target = [state.get("Resource"), (state.get("Parameters") or {}).get("FunctionName")]
+        return any(t in notify_resources for t in target)
+
+    def successors(state: Mapping[str, Any]) -> list[str]:
+        nxt = [state.get("Next"), state.get("Default")]
+        nxt += [c.get("Next") for c in state.get("Choices", [])]
+        nxt += [c.get("Next") for c in state.get("Catch", [])]
+        return [n for n in nxt if n]
+
+    # states reachable from StartAt without passing through a notifying state
+    seen: set[str] = set()
+    todo = [definition["StartAt"]]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        state = states[name]
+        if notifies(state):
+            continue  # notified (if the notification itself fails, the execution-failed alarm remains)
+        if state.get("Type") == "Fail":
+            problems.append(f"Fail state {name} is reachable without a notification")
+        todo += successors(state)
+    return problems
