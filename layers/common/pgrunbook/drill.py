@@ -122,7 +122,7 @@ def run_drill(opts: DrillOptions, settings: Settings | None = None,
     t_all = time.monotonic()
     if provisioner is None:
         provisioner = get_provisioner(kind, server_url=opts.server_url,
-                                      work_dir=Path(opts.work_dir) / "instances" if opts.work_dir else None,
+                                      work_dir=Path(opts.work_dir) if opts.work_dir else None,
                                       settings=settings)
     target: ProvisionedTarget | None = None
     try:

@@ -8,6 +8,7 @@ verification it is restarted with PRODUCTION settings and ANALYZEd.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +35,10 @@ class LocalInstanceProvisioner:
     def create(self, dbname: str, roles: list[str] | None = None) -> ProvisionedTarget:
         name = unique_name("instance")
         t0 = time.monotonic()
-        server = LocalServer(data_dir=self.work_dir / name, settings=RESTORE_TUNED,
+        data_dir = self.work_dir / name
+        if len(str(data_dir)) > 80:  # the server's unix socket lives there: its path must stay < 108 bytes
+            data_dir = Path(tempfile.mkdtemp(prefix="pgrunbook-")) / name
+        server = LocalServer(data_dir=data_dir, settings=RESTORE_TUNED,
                              bin_dir=server_binaries(self.pg_bin))
         server.init().start()
         self._servers[name] = server
@@ -70,3 +74,5 @@ class LocalInstanceProvisioner:
         server = self._servers.pop(name, None)
         if server is not None:
             server.destroy()
+            if server.data_dir.parent.name.startswith("pgrunbook-"):
+                shutil.rmtree(server.data_dir.parent, ignore_errors=True)
