@@ -19,6 +19,7 @@ from . import aws
 from .archive import ArchiveRef, verify_archive
 from .backup import BackupOptions, BackupResult, run_backup
 from .catalog_list import list_backups
+from .drill import local_drill
 from .errors import PgrunbookError
 from .localpg import LocalServer, free_port
 from .sample import create_sample_database
@@ -116,12 +117,21 @@ def run_demo(workdir: Path, *, keep: bool = False) -> DemoReport:
             report.say(f"  {entry.finished_at[:19]}  {entry.kind:<10} {entry.database:<6} {entry.bytes:>8} bytes "
                        f"{entry.tables} tables {entry.rows} rows  {entry.archive}")
 
+        report.say("7. Restore drill: the S3 backup -> a fresh restore-tuned local instance -> restore -> "
+                   "production settings + ANALYZE -> verify against the manifest -> tear down")
+        drill = local_drill(to_s3.archive, workdir / "drill", settings)
+        report.ok &= drill.verified
+        for line in drill.text().splitlines():
+            report.say("  " + line)
+
         # Later stages (restore drill, state machines) hook in here.
         extra_steps(report, workdir=workdir, prod=prod, app_url=app_url, backup=to_folder, settings=settings)
 
     report.say("")
     report.say("demo " + ("finished: every step verified" if report.ok else "FAILED: see the lines above"))
     report.say(f"backups kept in {folder}" if keep or folder.exists() else "")
+    report.say(f"restore drill: {'VERIFIED' if drill.verified else 'FAILED'} ({drill.backup} restored and verified "
+               f"in {drill.recovery_seconds + drill.timings.get('verify', 0.0):.1f}s)")
     if not report.ok:
         raise PgrunbookError("the demo found a failed verification")
     return report

@@ -88,7 +88,7 @@ class DrillReport:
                      f"{', kept' if self.kept else ', dropped after the drill'})")
         order = ("provision", "download", "restore", "analyze", "verify", "teardown", "total")
         lines.append("  timings       " + ", ".join(f"{k} {self.timings[k]:.2f}s" for k in order if k in self.timings))
-        size = f"{self.database_bytes / 1e6:.1f} MB database, {self.archive_bytes / 1e6:.1f} MB archive"
+        size = f"{_mb(self.database_bytes)} database, {_mb(self.archive_bytes)} archive"
         spg = f"{self.seconds_per_gb:.1f} s/GB" if self.seconds_per_gb is not None else "-"
         lines.append(f"  recovery      {self.recovery_seconds:.2f}s for {size} ({spg})")
         if self.restore and self.restore.warnings:
@@ -98,6 +98,10 @@ class DrillReport:
         if self.verify is not None:
             lines += ["  " + ln for ln in self.verify.text().splitlines()]
         return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
 def _choose_backup(opts: DrillOptions, settings: Settings) -> str:
@@ -190,3 +194,8 @@ def _teardown(provisioner: Provisioner, target: ProvisionedTarget | None, report
         report.error = report.error or msg
     report.timings["teardown"] = time.monotonic() - t
 
+
+
+def local_drill(backup: str, work_dir: Path, settings: Settings | None = None) -> DrillReport:
+    """The demo's drill: `backup` into a fresh restore-tuned local instance under work_dir, verified, torn down."""
+    return run_drill(DrillOptions(backup=backup, provisioner="local-instance", work_dir=str(work_dir)), settings)
