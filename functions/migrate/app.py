@@ -1,0 +1,41 @@
+"""Migrate function: one step of the Migrate state machine -> pgrunbook.migrations.service.
+
+Event: {"action": "plan"|"lint"|"backup"|"apply"|"status", "database": "app",
+        "migrations": "s3://bucket/releases/<version>/migrations/", "app_version": "1.2.3",
+        "lint": "strict"|"warn"|"off", "lock_timeout": "5s", "statement_timeout": "30min"}
+Failures raise (errorType = the exception's class: NotManaged, FailedMigrationsPresent, LockBusy,
+MigrationFailed, ...) so the state machine's Catch names them in the notification.
+Metrics (dimension Database): MigrationsApplied, MigrationFailed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+
+from pgrunbook.lambda_support import database_config, database_url, emit_metrics, setup_handler_logging
+from pgrunbook.migrations.service import MigrateEvent, handle
+from pgrunbook.settings import Settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+setup_handler_logging(logger)
+
+
+@logger.inject_lambda_context(log_event=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(raise_on_empty_metrics=False)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    ev = MigrateEvent.parse(event)
+    url = database_url(database_config(ev.database))
+    try:
+        result = handle(ev, url, Settings.from_env())
+    except Exception:
+        if ev.action == "apply":
+            emit_metrics(metrics, ev.database, {"MigrationFailed": (1, "Count")})
+        raise
+    if ev.action == "apply":
+        emit_metrics(metrics, ev.database, {"MigrationsApplied": (len(result.get("applied", [])), "Count")})
+    return result
