@@ -8,7 +8,7 @@
 
 Configuration (environment of the functions, set by template.yaml):
   PGRUNBOOK_DATABASES  [{"name": "app", "secret_arn": "arn:...", "host": "...", "port": 5432,
-                         "dbname": "app", "sslmode": "require"}, ...]
+                         "dbname": "app" (default: name), "sslmode": "require"}, ...]
   PGRUNBOOK_BACKUP_DEST s3://bucket   PGRUNBOOK_KMS_KEY_ID   PGRUNBOOK_TOPIC_ARN
   PGRUNBOOK_SSLMODE (default for all databases, "require")
 """
@@ -62,6 +62,12 @@ class DatabaseConfig:
                    port=int(port) if port not in (None, "") else None,
                    dbname=data.get("dbname") or None, sslmode=data.get("sslmode") or None)
 
+    @property
+    def database(self) -> str:
+        """The database name on the server (default: the configured name). Backups of it live under
+        `<dest>/<database>/...`, so two configured entries must not share it."""
+        return self.dbname or self.name
+
 
 def configured_databases(env: Mapping[str, str] | None = None) -> dict[str, DatabaseConfig]:
     env = os.environ if env is None else env
@@ -75,6 +81,12 @@ def configured_databases(env: Mapping[str, str] | None = None) -> dict[str, Data
     if not isinstance(items, list):
         raise ConfigError(f"{DATABASES_ENV} must be a JSON list of databases")
     found = [DatabaseConfig.from_dict(item) for item in items]
+    seen: dict[str, str] = {}
+    for db in found:
+        if db.database in seen:
+            raise ConfigError(f"{DATABASES_ENV}: {seen[db.database]!r} and {db.name!r} are both database "
+                              f"{db.database!r}: their backups would share s3://.../{db.database}/")
+        seen[db.database] = db.name
     return {db.name: db for db in found}
 
 
@@ -123,7 +135,7 @@ def secret_url(secret_arn: str, *, host: str | None = None, port: int | None = N
 
 
 def database_url(db: DatabaseConfig) -> str:
-    return secret_url(db.secret_arn, host=db.host, port=db.port, dbname=db.dbname, sslmode=db.sslmode)
+    return secret_url(db.secret_arn, host=db.host, port=db.port, dbname=db.database, sslmode=db.sslmode)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -151,9 +163,13 @@ def emit_metrics(metrics: Any, database: str | None, values: Mapping[str, tuple[
 
 def setup_handler_logging(logger: Any) -> None:
     """The core's loggers (`pgrunbook.*`) write through the handler's powertools Logger (JSON, masked)."""
+    import warnings
+
     from aws_lambda_powertools.logging import utils
 
     utils.copy_config_to_registered_loggers(source_logger=logger, include={"pgrunbook"})
+    # metrics go out through emit_metrics (own EMF blobs, dimension Database), not the handler's Metrics
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 
 @dataclass

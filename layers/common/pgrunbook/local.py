@@ -202,13 +202,13 @@ class LambdaAdapter:
                    response_headers: Any) -> bytes:
             return adapter.invoke(function_name, qualifier, body, headers, response_headers)
 
-        LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+        setattr(LambdaSimpleBackend, "invoke", invoke)  # noqa: B010 - the one patch point of moto
 
     def uninstall(self) -> None:
         from moto.awslambda_simple.models import LambdaSimpleBackend
 
         if self._original is not None:
-            LambdaSimpleBackend.invoke = self._original  # type: ignore[method-assign]
+            setattr(LambdaSimpleBackend, "invoke", self._original)  # noqa: B010
             self._original = None
 
 
@@ -322,7 +322,7 @@ class LocalCloud:
             arn = aws.client("secretsmanager").create_secret(
                 Name=f"pgrunbook-local/{db.name}-{uuid.uuid4().hex[:6]}", SecretString=json.dumps(secret))["ARN"]
             self.secret_arns[db.name] = arn
-            entries.append({"name": db.name, "secret_arn": arn})
+            entries.append({"name": db.name, "secret_arn": arn, "dbname": secret["dbname"]})
         fn_arn = {f"{fid}.Arn": self.function_arn(fid) for fid in function_ids(self.template)}
         refs: dict[str, Any] = {
             "BackupBucket": self.bucket, "NotificationTopic": self.topic_arn, "Key": self.key_arn,

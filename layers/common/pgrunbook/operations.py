@@ -95,7 +95,7 @@ def plan_backup(ev: BackupPlanEvent, settings: Settings) -> dict[str, Any]:
         database_config(name)  # raises UnknownDatabase with the configured names
     items = []
     for name in names:
-        last = latest_backup(f"{_dest(settings)}/{name}", settings=settings)
+        last = latest_backup(f"{_dest(settings)}/{dbs[name].database}", settings=settings)
         size = 0
         if last is not None:
             from .archive import ArchiveRef
@@ -113,9 +113,9 @@ def plan_restore(ev: RestorePlanEvent, settings: Settings) -> dict[str, Any]:
     spec and the runner. Fails fast (before anything is created) on a bad input."""
     from .archive import ArchiveRef
 
-    database_config(ev.database)
+    cfg = database_config(ev.database)
     if ev.backup == "latest":
-        entry = latest_backup(f"{_dest(settings)}/{ev.database}", settings=settings)
+        entry = latest_backup(f"{_dest(settings)}/{cfg.database}", settings=settings)
         if entry is None:
             raise NoBackup(f"database {ev.database!r} has no backup in {_dest(settings)} yet")
         archive = entry.archive
@@ -237,7 +237,7 @@ def _rds_create(spec: TargetSpec, database: str, execution: str | None) -> Targe
         aws.client("rds").create_db_instance(**args)
     except ClientError as exc:
         raise _rds_error(exc, ident) from None
-    return TargetRef(kind="rds", name=ident, dbname=source.dbname or database, status="creating")
+    return TargetRef(kind="rds", name=ident, dbname=source.database, status="creating")
 
 
 def _rds_error(exc: Any, ident: str) -> PgrunbookError:

@@ -145,8 +145,8 @@ def age_metrics(settings: Settings, metrics: Any = None) -> dict[str, Any]:
     store = _store(settings)
     now = datetime.now(UTC)
     out: dict[str, Any] = {}
-    for name in sorted(configured_databases()):
-        last = latest_backup(f"{dest}/{name}", settings=settings)
+    for name, cfg in sorted(configured_databases().items()):
+        last = latest_backup(f"{dest}/{cfg.database}", settings=settings)
         backup_hours = NEVER_HOURS if last is None else last.age_seconds / 3600
         verified_days = NEVER_HOURS / 24
         reports = sorted((i.key for i in store.list(f"{REPORTS_PREFIX}/restore/{name}/")), reverse=True)

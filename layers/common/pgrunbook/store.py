@@ -104,7 +104,7 @@ class LocalStore:
 
     def open_reader(self, key: str) -> IO[bytes]:
         try:
-            return open(self.path(key), "rb")  # noqa: SIM115 - the caller closes
+            return open(self.path(key), "rb")
         except OSError as exc:
             raise StoreError(f"cannot read {self.path(key)}: {exc.strerror or exc}") from None
 
@@ -155,6 +155,18 @@ class LocalStore:
 
 
 # --------------------------------------------------------------------------- S3
+def kind_tagging(key: str) -> dict[str, str]:
+    """Backups live at <database>/<kind>/YYYY/MM/<file>: S3 objects there are tagged kind=<kind>, so the
+    bucket's lifecycle rules (one per kind, filtered by tag: a prefix cannot select a kind across
+    databases) expire each kind on its own schedule. Other keys get no tag."""
+    from .settings import KINDS
+
+    parts = key.split("/")
+    if len(parts) >= 4 and parts[-4] in KINDS:
+        return {"Tagging": f"kind={parts[-4]}"}
+    return {}
+
+
 def _s3_error(exc: Exception, bucket: str, key: str = "") -> StoreError:
     where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
     if isinstance(exc, ClientError):
@@ -183,7 +195,7 @@ class _MultipartWriter:
         self._slots = threading.Semaphore(in_flight)
         try:
             resp = store.s3.create_multipart_upload(Bucket=store.bucket, Key=store.full_key(key),
-                                                    **store.encryption_args())
+                                                    **store.encryption_args(), **kind_tagging(key))
         except (ClientError, BotoCoreError) as exc:
             self._pool.shutdown()
             raise _s3_error(exc, store.bucket, store.full_key(key)) from None
@@ -283,7 +295,7 @@ class S3Store:
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         try:
             self.s3.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data, ContentType=content_type,
-                               **self.encryption_args())
+                               **self.encryption_args(), **kind_tagging(key))
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(exc, self.bucket, self.full_key(key)) from None
 

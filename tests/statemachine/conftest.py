@@ -1,0 +1,19 @@
+"""The real state machines (template.yaml + statemachines/*.asl.json) run in in-process moto,
+with the handlers of functions/*/app.py wired in by pgrunbook.local."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from pgrunbook.local import LocalCloud, LocalDatabase
+from pgrunbook.localpg import LocalServer
+
+
+@pytest.fixture()
+def cloud(sample_db: str, pg_server: LocalServer) -> Iterator[LocalCloud]:
+    """Databases `app` (the runbook-shaped sample) and `broken` (a database that does not exist)."""
+    databases = [LocalDatabase("app", sample_db), LocalDatabase("broken", pg_server.url("does_not_exist"))]
+    with LocalCloud(databases) as local:
+        yield local
