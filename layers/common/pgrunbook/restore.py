@@ -506,12 +506,43 @@ def _run_psql(tool: Tool, url: DatabaseUrl, path: Path, gz: bool, no_owner: bool
                             f"{mask_secrets(_psql_failure(errors.text))}")
 
 
-def analyze(url: DatabaseUrl) -> float:
-    """ANALYZE the whole database (a restore has no statistics); returns seconds."""
+def analyze(url: DatabaseUrl, jobs: int | None = None) -> float:
+    """ANALYZE every user table (a restore has no statistics), largest first, over `jobs` connections
+    (default: CPU count), as `vacuumdb --analyze-only --jobs` does; returns seconds."""
     t0 = time.monotonic()
     with catalog.connect(url, autocommit=True, application="pgrunbook-analyze") as conn:
-        conn.execute("SET maintenance_work_mem = '256MB'")
-        conn.execute("ANALYZE")
+        rows = conn.execute(f"""
+            SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'm', 'p') AND {catalog.USER_SCHEMAS}
+            ORDER BY pg_total_relation_size(c.oid) DESC""").fetchall()
+    tables = [(str(a), str(b)) for a, b in rows]
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(tables)))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with catalog.connect(url, autocommit=True, application="pgrunbook-analyze") as conn:
+                conn.execute("SET maintenance_work_mem = '256MB'")
+                while True:
+                    with lock:
+                        if not tables or errors:
+                            return
+                        schema, name = tables.pop(0)
+                    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, name)))
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, name=f"analyze-{i}", daemon=True) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        exc = errors[0]
+        raise exc if isinstance(exc, PgrunbookError) else PgrunbookError(
+            f"ANALYZE failed: {mask_secrets(str(exc).strip())}")
     return time.monotonic() - t0
 
 
@@ -630,7 +661,7 @@ def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> Resto
                                 opts.session_settings)
             result.restore_seconds = time.monotonic() - tr
             if opts.analyze:
-                result.analyze_seconds = analyze(target)
+                result.analyze_seconds = analyze(target, jobs)
         except BaseException as exc:
             reason = str(exc) if isinstance(exc, PgrunbookError) else f"{type(exc).__name__}: {exc}"
             _set_mark(target, f"{MARK_FAILED} ({datetime.now(UTC).isoformat(timespec='seconds')}, "
