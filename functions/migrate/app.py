@@ -1,7 +1,7 @@
 """Migrate function: one step of the Migrate state machine -> pgrunbook.migrations.service.
 
 Event: {"action": "plan"|"lint"|"backup"|"apply"|"status", "database": "app",
-        "migrations": "s3://bucket/releases/<version>/migrations/", "app_version": "1.2.3",
+        "migrations": "s3://bucket/_releases/<version>/migrations/", "app_version": "1.2.3",
         "lint": "strict"|"warn"|"off", "lock_timeout": "5s", "statement_timeout": "30min"}
 Failures raise (errorType = the exception's class: NotManaged, FailedMigrationsPresent, LockBusy,
 MigrationFailed, ...) so the state machine's Catch names them in the notification.
