@@ -482,6 +482,15 @@ def test_rehearsal_reports_time_and_locks(sample_db: str, pg_server: Any, tmp_pa
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'pgrunbook_rehearsal%'"
                             ).fetchone() == (0,)
 
+    # --require-rehearsal: rehearse, then the real run
+    code, out, err = cli(capsys, "migrate", "--database-url", sample_db, "--migrations", str(mig), "--backup-to",
+                         str(dest), "--require-rehearsal", "--rehearse-server", pg_server.url(), "--lint", "warn",
+                         "--skip-backup", "--reason", "rehearsed", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["rehearsal"]["ok"] and report["outcome"] == "applied"
+    assert [a["name"] for a in report["applied"]] == ["20260201000000_index", "20260202000000_concurrent"]
+
 
 def test_failing_migration_named_by_the_runner(fresh_db: str, tmp_path: Path) -> None:
     mig = write(tmp_path / "m", {"20260101000000_x": "CREATE TABLE a (id int);\nCREATE TABLE a (id int);\n"})
