@@ -274,8 +274,7 @@ class LocalCloud:
             self._create_resources()
             self.adapter = LambdaAdapter(self._handlers())
             self.adapter.install()
-            for logical_id in state_machine_specs(self.template):
-                self.create_state_machine(logical_id)
+            # state machines are created on first use (moto parses each definition: ~0.5 s apiece)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -371,6 +370,8 @@ class LocalCloud:
         from . import aws
 
         name = f"local-{uuid.uuid4().hex[:12]}"  # moto needs a name: unnamed runs collide
+        if logical_id not in self.state_machines:
+            self.create_state_machine(logical_id)
         resp = aws.client("stepfunctions").start_execution(
             stateMachineArn=self.state_machines[logical_id], name=name, input=json.dumps(payload))
         return str(resp["executionArn"])
