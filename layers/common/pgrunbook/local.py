@@ -482,3 +482,63 @@ def structure_problems(definition: Mapping[str, Any], notify_resources: tuple[st
             problems.append(f"Fail state {name} is reachable without a notification")
         todo += successors(state)
     return problems
+
+
+def placeholder_values(names: list[str]) -> dict[str, str]:
+    """Plausible values for substitutions, so validators that need real ARNs can run offline."""
+    values = {}
+    for name in names:
+        base = name[: -len("Arn")] if name.endswith("Arn") else name
+        if name.endswith("FunctionArn"):
+            values[name] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{base}"
+        elif "Topic" in name:
+            values[name] = f"arn:aws:sns:{REGION}:{ACCOUNT}:{base}"
+        elif name == "TaskClusterArn":
+            values[name] = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{base}"
+        elif name == "TaskDefinitionArn":
+            values[name] = f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/{base}:1"
+        elif name.endswith("StateMachineArn"):
+            values[name] = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{base}"
+        elif name.endswith("Csv"):
+            values[name] = "id-1,id-2"
+        elif name.endswith("Arn"):
+            values[name] = f"arn:aws:iam::{ACCOUNT}:role/{base}"
+        else:
+            values[name] = base
+    return values
+
+
+def asl_problems(root: Path | None = None, *, structure: bool = True) -> tuple[list[str], dict[str, str]]:
+    """Checks every state machine of template.yaml: its DefinitionUri file is valid JSON in JSONPath
+    (not JSONata), every ${...} in it is defined in DefinitionSubstitutions and every definition is
+    used; with `structure`, every Task has Retry, Catch and a timeout and every way to a Fail state
+    notifies. Returns (problems, {file: definition with placeholder values filled in})."""
+    root = root or project_root()
+    template = load_template(root / "template.yaml")
+    problems: list[str] = []
+    rendered: dict[str, str] = {}
+    for logical_id, spec in state_machine_specs(template).items():
+        path = root / spec.definition_uri
+        where = f"{logical_id} ({spec.definition_uri})"
+        if not path.is_file():
+            problems.append(f"{where}: file not found")
+            continue
+        text = path.read_text()
+        try:
+            definition = json.loads(text)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{where}: not valid JSON: {exc}")
+            continue
+        if "JSONata" in json.dumps(definition.get("QueryLanguage", "")) or '"QueryLanguage": "JSONata"' in text:
+            problems.append(f"{where}: JSONata is not supported locally; keep JSONPath")
+        used = set(SUBSTITUTION.findall(text))
+        defined = set(spec.substitutions)
+        problems += [f"{where}: ${{{n}}} is used but not in DefinitionSubstitutions" for n in sorted(used - defined)]
+        problems += [f"{where}: substitution {n} is defined but never used" for n in sorted(defined - used)]
+        values = placeholder_values(sorted(used | defined))
+        rendered[spec.definition_uri] = render_definition(text, values) if used <= defined else text
+        if structure:
+            notify = ("arn:aws:states:::sns:publish", values.get("ReportFunctionArn", "-"))
+            problems += [f"{where}: {p}" for p in structure_problems(json.loads(rendered[spec.definition_uri]),
+                                                                     notify)]
+    return problems, rendered
