@@ -197,6 +197,7 @@ class _TargetInfo:
     installed_extensions: set[str]
     roles: set[str]
     current_user: str
+    session_extras: dict[str, str] = field(default_factory=dict)
 
 
 def _inspect_target(url: DatabaseUrl) -> _TargetInfo:
@@ -211,8 +212,21 @@ def _inspect_target(url: DatabaseUrl) -> _TargetInfo:
         installed = {str(r[0]) for r in conn.execute("SELECT extname FROM pg_extension").fetchall()}
         roles = {str(r[0]) for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
         user_row = conn.execute("SELECT current_user").fetchone()
+        extra = _session_extras(conn)
     return _TargetInfo(identity=identity, available_extensions=available, installed_extensions=installed,
-                       roles=roles, current_user=str(user_row[0]) if user_row else "")
+                       roles=roles, current_user=str(user_row[0]) if user_row else "", session_extras=extra)
+
+
+def _session_extras(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """Session settings worth adding on this server when we may set them: on a server that writes full
+    WAL (wal_level replica/logical), index builds log every page; lz4 compresses those page images."""
+    row = conn.execute("""
+        SELECT current_setting('wal_level'), current_setting('wal_compression'),
+               has_parameter_privilege('wal_compression', 'SET'),
+               (SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'wal_compression')""").fetchone()
+    if row and row[0] != "minimal" and row[1] == "off" and row[2] and row[3]:
+        return {"wal_compression": "lz4"}
+    return {}
 
 
 def _check_target(url: DatabaseUrl, info: _TargetInfo, needs: _Needs, no_owner: bool) -> list[str]:
@@ -648,6 +662,7 @@ def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> Resto
         started = datetime.now(UTC).isoformat(timespec="seconds")
         _set_mark(target, f"{MARK_IN_PROGRESS} (from {ref.uri}, started {started})")
         jobs = opts.jobs or os.cpu_count() or 1
+        session = {**info.session_extras, **(opts.session_settings or {})}
         result.jobs = 1 if fmt == "plain" else jobs
         tr = time.monotonic()
         log.info("restoring", extra={"archive": ref.uri, "target": target.display(), "format": fmt,
@@ -655,10 +670,9 @@ def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> Resto
         try:
             if fmt == "plain":
                 _run_psql(pg_tool, target, fetched.path, ref.name.endswith(".gz"), no_owner,
-                          bool(missing_roles), opts.session_settings)
+                          bool(missing_roles), session)
             else:
-                _run_pg_restore(pg_tool, target, fetched.path, jobs, no_owner, bool(missing_roles),
-                                opts.session_settings)
+                _run_pg_restore(pg_tool, target, fetched.path, jobs, no_owner, bool(missing_roles), session)
             result.restore_seconds = time.monotonic() - tr
             if opts.analyze:
                 result.analyze_seconds = analyze(target, jobs)
