@@ -16,6 +16,7 @@ a failure at any point removes what was written, so nothing half-done looks comp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -27,6 +28,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +38,7 @@ from . import __version__, catalog
 from .dburl import DatabaseUrl
 from .errors import PgrunbookError, StoreError, ToolError, UsageError
 from .manifest import MANIFEST_SUFFIX, MANIFEST_VERSION, SHA256_SUFFIX, Manifest, sha256_line
+from .manifest import _validator as manifest_validator
 from .pgtools import Tool, find_tool, tool_env, tool_error
 from .settings import COMPRESSIONS, KINDS, Settings
 from .store import LocalStore, ObjectWriter, Store, open_store
@@ -166,16 +169,28 @@ def _staging_fits(db_size: int, settings: Settings) -> bool:
 
 
 class _HashingSink:
-    """File-like sink: hashes, counts, reports progress, forwards to the store writer."""
+    """File-like sink: hashes, counts, reports progress, forwards to the store writer.
 
-    def __init__(self, writer: ObjectWriter, label: str) -> None:
+    With `parallel_hash`, sha256 runs on a helper thread while the caller writes the same
+    chunk (hashlib and file writes both release the GIL): packing a staged dump then costs
+    max(hash, write) instead of their sum. At most one chunk is being hashed at a time, so
+    memory stays bounded by the caller's chunk size."""
+
+    def __init__(self, writer: ObjectWriter, label: str, *, parallel_hash: bool = False) -> None:
         self.writer, self.label = writer, label
         self.digest = hashlib.sha256()
         self.bytes = 0
         self._last = time.monotonic()
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") if parallel_hash else None
+        self._pending: Future[None] | None = None
 
     def write(self, data: bytes) -> int:
-        self.digest.update(data)
+        if self._hasher is not None:
+            if self._pending is not None:
+                self._pending.result()
+            self._pending = self._hasher.submit(self.digest.update, data)
+        else:
+            self.digest.update(data)
         self.writer.write(data)
         self.bytes += len(data)
         now = time.monotonic()
@@ -186,6 +201,19 @@ class _HashingSink:
 
     def flush(self) -> None:
         return None
+
+    def close(self) -> None:
+        """Wait for the hashing thread (idempotent)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=True)
+            self._hasher = None
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self.digest.hexdigest()
 
 
 class _StderrTail(threading.Thread):
@@ -225,17 +253,104 @@ def _pump_stream(proc: subprocess.Popen[bytes], sink: _HashingSink, gzip_level: 
         sink.write(compressor.flush())
 
 
+TAR_CHUNK = 4 * 1024 * 1024
+
+
 def _tar_directory(folder: Path, sink: _HashingSink) -> None:
-    """Pack a pg_dump directory as an uncompressed tar, toc.dat first (verify reads only it)."""
+    """Pack a pg_dump directory as an uncompressed tar, toc.dat first (verify reads only it).
+
+    Byte for byte what `tarfile` writes in PAX format, but each file is streamed in 4 MB
+    chunks straight to the sink (tarfile's stream mode re-buffers everything in 10 kB
+    records): constant memory, few calls, hashing overlapped with writing."""
     names = sorted(p.name for p in folder.iterdir())
     names.sort(key=lambda n: n != "toc.dat")
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-        for name in names:
-            info = tar.gettarinfo(str(folder / name), arcname=name)
+    offset = 0
+    for name in names:
+        with open(folder / name, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            info = tarfile.TarInfo(name)
+            info.mode, info.size, info.mtime = st.st_mode, st.st_size, st.st_mtime
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            with open(folder / name, "rb") as fh:
-                tar.addfile(info, fh)
+            header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            sink.write(header)
+            offset += len(header)
+            left = st.st_size
+            while left > 0:
+                chunk = fh.read(min(TAR_CHUNK, left))
+                if not chunk:
+                    raise PgrunbookError(f"{folder / name} shrank while it was being archived")
+                sink.write(chunk)
+                left -= len(chunk)
+            offset += st.st_size
+        pad = -st.st_size % tarfile.BLOCKSIZE
+        if pad:
+            sink.write(tarfile.NUL * pad)
+            offset += pad
+    end = tarfile.BLOCKSIZE * 2
+    end += -(offset + end) % tarfile.RECORDSIZE
+    sink.write(tarfile.NUL * end)
+
+
+class _CatalogReader:
+    """Reads what the manifest needs (exact counts, sequences, extensions, roles, Prisma state)
+    on the backup's connection, in the exported snapshot, inline or on a thread.
+
+    Where it runs matters on a CPU-bound machine: pg_dump's backends and workers keep every
+    core busy, so counts run concurrently with them slow the dump by their full CPU cost.
+    For a staged (directory) dump the reader therefore runs while the staged files are packed
+    and flushed, when the server is idle; the streaming dump has no such phase and counts
+    while pg_dump runs. Either way the same transaction, so the same snapshot, is read."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.counts: dict[str, int] = {}
+        self.seqs: dict[str, int | None] = {}
+        self.exts: dict[str, str] = {}
+        self.roles: list[str] = []
+        self.prisma: list[dict[str, Any]] | None = None
+        self.prisma_table: str | None = None
+        self.seconds = 0.0
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        conn = self.conn
+        tc = time.monotonic()
+        tables = catalog.user_tables(conn)
+        self.counts = catalog.exact_counts(conn, tables)
+        self.seqs = catalog.sequences(conn)
+        self.exts = catalog.extensions(conn)
+        self.roles = catalog.roles_used(conn)
+        self.prisma = catalog.prisma_migrations(conn)
+        self.prisma_table = catalog.prisma_table(conn) if self.prisma is not None else None
+        self.seconds = time.monotonic() - tc
+        manifest_validator()  # compiled now rather than after the archive is written
+
+    def _run_catching(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:
+            self._error = exc
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run_catching, name="exact-counts", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self) -> None:
+        """On failure elsewhere: stop a running read so the connection can be closed."""
+        if self._thread is not None:
+            with contextlib.suppress(Exception):
+                self.conn.cancel()
+            self._thread.join(timeout=30)
+            self._thread = None
 
 
 def run_backup(opts: BackupOptions, settings: Settings | None = None,
@@ -262,8 +377,9 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
 
         writer = plan.store.open_writer(plan.key)
         staging: Path | None = None
+        committed = False
         try:
-            sink = _HashingSink(writer, plan.store.uri(plan.key))
+            sink = _HashingSink(writer, plan.store.uri(plan.key), parallel_hash=plan.fmt == "directory-tar")
             args = _dump_args(dump, url, snapshot, plan)
             if plan.fmt == "directory-tar":
                 staging = Path(tempfile.mkdtemp(prefix="pgrunbook-dump-"))
@@ -293,16 +409,10 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
             pumper = threading.Thread(target=pump, name="pg_dump-pump", daemon=True)
             pumper.start()
 
-            # The counts run now, in the exported snapshot, while pg_dump dumps it.
-            tc = time.monotonic()
-            tables = catalog.user_tables(conn)
-            counts = catalog.exact_counts(conn, tables)
-            seqs = catalog.sequences(conn)
-            exts = catalog.extensions(conn)
-            roles = catalog.roles_used(conn)
-            prisma = catalog.prisma_migrations(conn)
-            prisma_table = catalog.prisma_table(conn) if prisma is not None else None
-            counts_seconds = time.monotonic() - tc
+            reader = _CatalogReader(conn)
+            if staging is None:
+                # The counts run now, in the exported snapshot, while pg_dump dumps it.
+                reader.run()
 
             pumper.join()
             returncode = proc.wait()
@@ -311,10 +421,25 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
             if returncode != 0:
                 raise tool_error("pg_dump", returncode, errors.text)
             if staging is not None:
+                # The counts run now, in the same snapshot, while the staged dump is packed.
+                reader.start()
                 _tar_directory(staging / "dump", sink)
-            writer.commit()
+                sink.close()
+                writer.commit()
+                committed = True
+                reader.join()  # a failed read removes the committed archive below
+            else:
+                sink.close()
+                writer.commit()
         except BaseException:
+            if "reader" in locals():
+                reader.abandon()
+            if "sink" in locals():
+                sink.close()
             writer.abort()
+            if committed:
+                with contextlib.suppress(StoreError):
+                    plan.store.delete(plan.key)
             if "proc" in locals() and proc.poll() is None:
                 proc.kill()
             raise
@@ -325,7 +450,9 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
     finally:
         conn.close()
 
-    digest = sink.digest.hexdigest()
+    counts, seqs, exts, roles = reader.counts, reader.seqs, reader.exts, reader.roles
+    prisma, prisma_table, counts_seconds = reader.prisma, reader.prisma_table, reader.seconds
+    digest = sink.hexdigest()
     finished = datetime.now(UTC)
     seconds = time.monotonic() - t0
     manifest = Manifest.validated({
