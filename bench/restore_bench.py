@@ -142,6 +142,43 @@ def run_drill(db: datagen.BenchDb, archive: str, work: Path) -> dict[str, Any]:
             "seconds_per_gb": out["seconds_per_gb"], "error": out.get("error")}
 
 
+def breakdown(db: datagen.BenchDb, archive: str, work: Path, jobs: int = 2) -> dict[str, float]:
+    """Where a restore's time goes on the existing server: pg_restore run section by section (pre-data:
+    tables, types, functions; data: COPY; post-data: indexes, constraints incl. FK validation, triggers)
+    with the same session settings; plus ANALYZE. (Sections run apart, so on a wal_level=minimal server the
+    COPYs would not skip WAL: this runs on the default server only.)"""
+    import tarfile
+
+    from pgrunbook.dburl import DatabaseUrl
+    from pgrunbook.restore import RESTORE_SESSION, analyze
+
+    folder = work / "breakdown.d"
+    shutil.rmtree(folder, ignore_errors=True)
+    if archive.endswith(".tar"):
+        with tarfile.open(archive) as tar:
+            tar.extractall(folder, filter="data")
+        source = str(folder)
+    else:
+        source = archive
+    url = _fresh_db(db, "bench_restore_parts")
+    target = DatabaseUrl.parse(url)
+    env = _env(db)
+    env["PGOPTIONS"] = " ".join(f"-c {k}={v}" for k, v in RESTORE_SESSION.items())
+    parts: dict[str, float] = {}
+    try:
+        for section in ("pre-data", "data", "post-data"):
+            t0 = time.perf_counter()
+            subprocess.run([str(db.bin_dir / "pg_restore"), f"--dbname={target.conninfo()}", "--exit-on-error",
+                            f"--section={section}", f"--jobs={1 if section == 'pre-data' else jobs}", source],
+                           env=env, check=True)
+            parts[section] = round(time.perf_counter() - t0, 3)
+        parts["analyze"] = round(analyze(target, jobs), 3)
+    finally:
+        _drop_db(db, "bench_restore_parts")
+        shutil.rmtree(folder, ignore_errors=True)
+    return parts
+
+
 def bench_restore(*, db: datagen.BenchDb, reps: int, scale: str, work: Path) -> dict[str, Any]:
     root = work / "restore"
     print("restore: preparing the runbook's .sql.gz and a pgrunbook archive (not timed)", flush=True)
@@ -163,6 +200,11 @@ def bench_restore(*, db: datagen.BenchDb, reps: int, scale: str, work: Path) -> 
                 details[name].append(out)
             samples[name].append(seconds)
             print(f"  restore rep {rep + 1}/{reps} {name:<9} {seconds:7.2f}s", flush=True)
+    parts = None
+    if os.environ.get("BENCH_RESTORE_BREAKDOWN"):
+        db.psql("CHECKPOINT", dbname="postgres")
+        parts = breakdown(db, archive, root)
+        print(f"  breakdown (existing server): {parts}", flush=True)
     db.psql("CHECKPOINT", dbname="postgres")
     drill = run_drill(db, archive, root)
     print(f"  drill {drill['seconds']:.2f}s verified={drill['verified']}", flush=True)
@@ -209,7 +251,8 @@ def bench_restore(*, db: datagen.BenchDb, reps: int, scale: str, work: Path) -> 
         "existing_ratio": round(existing_ratio, 2), "fresh_ratio": round(fresh_ratio, 2),
         "existing_ratio_with_analyze": round(existing_ratio_all, 2),
         "fresh_ratio_with_reset_analyze": round(med["baseline"] / fresh_all, 2),
-        "existing_last": last_existing, "fresh_last": last_fresh, "drill": drill, "table": table,
+        "existing_last": last_existing, "fresh_last": last_fresh, "drill": drill, "breakdown": parts,
+        "table": table,
     }
 
 
@@ -237,7 +280,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=sorted(datagen.SCALES), default=os.environ.get("BENCH_SCALE", "full"))
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default: 3 full, 1 small)")
+    parser.add_argument("--breakdown", action="store_true", help="also time pg_restore section by section")
     args = parser.parse_args()
+    if args.breakdown:
+        os.environ["BENCH_RESTORE_BREAKDOWN"] = "1"
     reps = args.reps or (3 if args.scale == "full" else 1)
     db, started = _attach_or_start(args.scale)
     work = HERE / ".data" / "restore-work"
