@@ -623,6 +623,12 @@ def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> Resto
                "without grants (--no-owner)")
         log.warning(msg)
         result.warnings.append(msg)
+    no_acl = bool(missing_roles)
+    if runbook_file and opts.no_owner:
+        no_acl = True  # a runbook file does not say which roles its grants need
+        msg = "--no-owner on a runbook file: ownership and grants are both skipped"
+        log.warning(msg)
+        result.warnings.append(msg)
     pg_tool = find_tool("psql" if fmt == "plain" else "pg_restore",
                         min_major=max(info.identity.major, needs.source_major or 0), pg_bin=settings.pg_bin)
 
@@ -669,10 +675,9 @@ def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> Resto
                                      "jobs": result.jobs})
         try:
             if fmt == "plain":
-                _run_psql(pg_tool, target, fetched.path, ref.name.endswith(".gz"), no_owner,
-                          bool(missing_roles), session)
+                _run_psql(pg_tool, target, fetched.path, ref.name.endswith(".gz"), no_owner, no_acl, session)
             else:
-                _run_pg_restore(pg_tool, target, fetched.path, jobs, no_owner, bool(missing_roles), session)
+                _run_pg_restore(pg_tool, target, fetched.path, jobs, no_owner, no_acl, session)
             result.restore_seconds = time.monotonic() - tr
             if opts.analyze:
                 result.analyze_seconds = analyze(target, jobs)
