@@ -317,6 +317,8 @@ class _CatalogReader:
     def run(self) -> None:
         conn = self.conn
         tc = time.monotonic()
+        # JIT would compile code for every big count(*) (jit_above_cost): pure overhead here
+        conn.execute("SET LOCAL jit = off")
         tables = catalog.user_tables(conn)
         self.counts = catalog.exact_counts(conn, tables)
         self.seqs = catalog.sequences(conn)
@@ -383,7 +385,8 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
             args = _dump_args(dump, url, snapshot, plan)
             if plan.fmt == "directory-tar":
                 staging = Path(tempfile.mkdtemp(prefix="pgrunbook-dump-"))
-                args += ["--format=directory", f"--jobs={plan.jobs}",
+                # --no-sync: the staged files are temporary; only the packed archive is flushed to disk
+                args += ["--format=directory", f"--jobs={plan.jobs}", "--no-sync",
                          f"--compress={plan.compression.replace('none', '0')}", f"--file={staging / 'dump'}"]
             proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                     env=tool_env(url.tool_env()))
