@@ -4,6 +4,8 @@ tests/events/, against in-process moto (S3, Secrets Manager, SNS, KMS) and the r
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,11 @@ import psycopg
 import pytest
 from moto import mock_aws
 
-from pgrunbook import aws
+from pgrunbook import aws, operations, task
 from pgrunbook.lambda_support import LocalContext, UnknownDatabase
 from pgrunbook.local import handler_path, load_handler
+from pgrunbook.localpg import LocalServer
+from pgrunbook.settings import Settings
 from tests.conftest import AWS_TEST_ENV, project_root
 
 EVENTS = project_root() / "tests" / "events"
@@ -47,8 +51,19 @@ class Stack:
         return [(s, m) for (_i, m, s, _a, _g) in topic.sent_notifications]
 
 
+@pytest.fixture(scope="module")
+def app_db(pg_server: LocalServer) -> Iterator[str]:
+    """One runbook-shaped sample database per module: these tests only read it (restores go elsewhere)."""
+    from pgrunbook.sample import create_sample_database
+
+    name = f"app_{uuid.uuid4().hex[:10]}"
+    yield create_sample_database(pg_server.url(), name, users=200, jobs_per_user=3, events=1000)
+    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture()
-def stack(sample_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+def stack(app_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """What template.yaml gives a function: bucket, topic, key, the database's secret, environment."""
     for key, value in AWS_TEST_ENV.items():
         monkeypatch.setenv(key, value)
@@ -59,7 +74,7 @@ def stack(sample_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
         aws.client("s3").create_bucket(Bucket="pgrunbook-unit")
         topic = aws.client("sns").create_topic(Name="pgrunbook-unit")["TopicArn"]
         key = aws.client("kms").create_key()["KeyMetadata"]["Arn"]
-        parts = urlsplit(sample_db)
+        parts = urlsplit(app_db)
         secret = aws.client("secretsmanager").create_secret(Name="app-db", SecretString=json.dumps({
             "username": parts.username, "password": parts.password, "host": parts.hostname, "port": parts.port,
             "dbname": parts.path.lstrip("/")}))["ARN"]
@@ -222,3 +237,32 @@ def test_secret_url_quotes_and_requires(stack: Stack) -> None:
 def test_events_dir_is_valid_json() -> None:
     for path in Path(EVENTS).glob("*.json"):
         json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- the Fargate task shell
+# (the same operations as the functions; the result comes back through the bucket)
+def task_env(op: str, event: dict[str, Any], key: str) -> dict[str, str]:
+    return {**os.environ, "PGRUNBOOK_OPERATION": op, "PGRUNBOOK_EVENT": json.dumps(event),
+            "PGRUNBOOK_RESULT_KEY": key}
+
+
+def test_backup_task_result_has_the_lambda_shape(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    assert task.main(task_env("backup", {"database": "app", "kind": "manual"}, "_tasks/ex1/backup-app.json")) == 0
+    via_task = operations.read_task_result(Settings.from_env(), "_tasks/ex1/backup-app.json")
+    via_lambda = handler("backup")({"database": "app", "kind": "manual", "jobs": 1}, LocalContext())
+    assert set(via_task) == set(via_lambda)
+    assert via_task["archive"].startswith(stack.prefix + "manual/")
+    assert '"BackupSucceeded"' in capsys.readouterr().out  # EMF from the task too
+
+
+def test_failed_task_writes_lambdas_error_shape(stack: Stack) -> None:
+    assert task.main(task_env("backup", {"database": "ghost"}, "_tasks/ex2/backup-ghost.json")) == 0
+    with pytest.raises(Exception, match="unknown database 'ghost'") as info:
+        operations.read_task_result(Settings.from_env(), "_tasks/ex2/backup-ghost.json")
+    assert type(info.value).__name__ == UnknownDatabase.__name__
+    assert task.main({**task_env("backup", {}, "k"), "PGRUNBOOK_RESULT_KEY": ""}) == 1
+
+
+def test_missing_task_result_is_an_error(stack: Stack) -> None:
+    with pytest.raises(operations.TaskResultMissing):
+        operations.read_task_result(Settings.from_env(), "_tasks/none/backup-app.json")
