@@ -52,7 +52,8 @@ lint: setup $(TOOLS_STAMP)
 	$(BIN)/mypy
 	$(BIN)/cfn-lint template.yaml
 	$(PY) scripts/check_asl.py --statelint $(TOOLS)/bin/statelint
-	$(TOOLS)/bin/checkov --file template.yaml --framework cloudformation --compact --quiet --skip-download \
+	$(TOOLS)/bin/checkov --file template.yaml --file Dockerfile --framework cloudformation dockerfile \
+	  --compact --quiet --skip-download \
 	  --download-external-modules false 2>/dev/null | tail -n 20; \
 	  exit $${PIPESTATUS[0]}
 

@@ -1,0 +1,73 @@
+"""Fargate task entry point (`python -m pgrunbook.task`): the same operations as the Lambda
+functions, for databases too big for Lambda's 15 minutes. The state machine passes:
+
+  PGRUNBOOK_OPERATION  backup | restore
+  PGRUNBOOK_EVENT      the same JSON event the Lambda function would get
+  PGRUNBOOK_RESULT_KEY where to write the outcome in the backup bucket (_tasks/<execution>/<name>.json)
+
+The outcome is {"result": <what the function returns>} or Lambda's error shape {errorType,
+errorMessage, ...}; the next state (plan function, action task-result) reads it back and returns
+the result or raises the same errorType, so both paths look alike to the rest of the machine.
+Exit 0 once the outcome is written (even an error: the state machine reports it), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from . import operations
+from .events import BackupEvent, EventError, RestoreEvent
+from .lambda_support import emit_metrics, error_payload
+from .logs import setup_cli_logging
+from .settings import Settings
+
+log = logging.getLogger("pgrunbook.task")
+
+
+def run(operation: str, event: Any, settings: Settings) -> dict[str, Any]:
+    if operation == "backup":
+        ev = BackupEvent.parse(event)
+        result = operations.backup(ev, settings)
+        emit_metrics(None, ev.database, {"BackupSucceeded": (1, "Count"), "BackupBytes": (result.bytes, "Bytes"),
+                                         "BackupSeconds": (round(result.seconds, 3), "Seconds")})
+        return result.to_dict()
+    if operation == "restore":
+        rev = RestoreEvent.parse(event)
+        restored = operations.restore(rev, settings)
+        database = event.get("database") if isinstance(event.get("database"), str) else rev.target.name
+        emit_metrics(None, database, {"RestoreSeconds": (float(restored.get("seconds") or 0.0), "Seconds")})
+        return restored
+    raise EventError(f"PGRUNBOOK_OPERATION must be backup or restore, not {operation!r}")
+
+
+def main(env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    setup_cli_logging()
+    key = env.get("PGRUNBOOK_RESULT_KEY")
+    if not key:
+        log.error("PGRUNBOOK_RESULT_KEY is not set: nowhere to write the result")
+        return 1
+    settings = Settings.from_env(env)
+    try:
+        event = json.loads(env.get("PGRUNBOOK_EVENT") or "")
+        payload: dict[str, Any] = {"result": run(env.get("PGRUNBOOK_OPERATION", ""), event, settings)}
+    except json.JSONDecodeError as exc:
+        payload = error_payload(EventError(f"PGRUNBOOK_EVENT is not JSON: {exc}"))
+    except Exception as exc:
+        log.error("task failed", extra={"error": type(exc).__name__, "detail": str(exc)})
+        payload = error_payload(exc)
+    try:
+        operations.write_task_result(settings, key, payload)
+    except Exception as exc:
+        log.error("could not write the task result", extra={"key": key, "detail": str(exc)})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
