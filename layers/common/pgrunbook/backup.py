@@ -253,13 +253,13 @@ def _pump_stream(proc: subprocess.Popen[bytes], sink: _HashingSink, gzip_level: 
         sink.write(compressor.flush())
 
 
-TAR_CHUNK = 4 * 1024 * 1024
+TAR_CHUNK = CHUNK  # 1 MB: one chunk hashing + one being written, whatever the store
 
 
 def _tar_directory(folder: Path, sink: _HashingSink) -> None:
     """Pack a pg_dump directory as an uncompressed tar, toc.dat first (verify reads only it).
 
-    Byte for byte what `tarfile` writes in PAX format, but each file is streamed in 4 MB
+    Byte for byte what `tarfile` writes in PAX format, but each file is streamed in 1 MB
     chunks straight to the sink (tarfile's stream mode re-buffers everything in 10 kB
     records): constant memory, few calls, hashing overlapped with writing."""
     names = sorted(p.name for p in folder.iterdir())
