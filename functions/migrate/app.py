@@ -5,7 +5,8 @@ Event: {"action": "plan"|"lint"|"backup"|"apply"|"status", "database": "app",
         "lint": "strict"|"warn"|"off", "lock_timeout": "5s", "statement_timeout": "30min"}
 Failures raise (errorType = the exception's class: NotManaged, FailedMigrationsPresent, LockBusy,
 MigrationFailed, ...) so the state machine's Catch names them in the notification.
-Metrics (dimension Database): MigrationsApplied, MigrationFailed.
+Metrics (dimension Database): MigrationsPending, MigrationLintErrors, PreMigrationBackupSeconds,
+MigrationsApplied, MigrationFailed, MigrationsUpToDate.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if ev.action == "apply":
             emit_metrics(metrics, ev.database, {"MigrationFailed": (1, "Count")})
         raise
-    if ev.action == "apply":
-        emit_metrics(metrics, ev.database, {"MigrationsApplied": (len(result.get("applied", [])), "Count")})
+    emit_metrics(metrics, ev.database, {
+        "plan": {"MigrationsPending": (result.get("pending_count", 0), "Count")},
+        "lint": {"MigrationLintErrors": (result.get("errors", 0), "Count")},
+        "backup": {"PreMigrationBackupSeconds": (result.get("seconds", 0), "Seconds")},
+        "apply": {"MigrationsApplied": (len(result.get("applied", [])), "Count")},
+        "status": {"MigrationsUpToDate": (1 if result.get("up_to_date") else 0, "Count")},
+    }[ev.action])
     return result

@@ -26,6 +26,9 @@ from pgrunbook.migrations import LOCK_KEY
 from ..conftest import project_root
 from .test_migrations import FUNC, INIT, rows, write
 
+# the first test also pays for the one-time `npm ci` (about 20 s here, more on a cold cache)
+pytestmark = pytest.mark.timeout(900)
+
 PRISMA_DIR = project_root() / "tests" / "prisma"
 PRISMA_VERSION = "6.19.3"
 NETWORK_ERRORS = ("ENOTFOUND", "ECONNREFUSED", "ETIMEDOUT", "EAI_AGAIN", "ECONNRESET", "ENETUNREACH",

@@ -297,7 +297,7 @@ def own_findings(migration: Migration, statements: list[Statement], server_major
                         "breaks the running code's INSERTs")
                 if has_default and (_VOLATILE.search(rest) or (server_major is not None and server_major < 11)):
                     add(st, "volatile-default", f"adding column {col} with a volatile default (or any default before "
-                                                "PostgreSQL 11) rewrites {table} under an ACCESS EXCLUSIVE lock")
+                                                f"PostgreSQL 11) rewrites {table} under an ACCESS EXCLUSIVE lock")
                 elif re.search(r"\b(SMALL|BIG)?SERIAL\d?\b", rest) or re.search(r"\bGENERATED\b.*\bSTORED\b", rest):
                     add(st, "volatile-default", f"adding serial/stored generated column {col} rewrites {table}")
             elif re.match(r"^ADD\b", a):

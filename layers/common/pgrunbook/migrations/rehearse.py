@@ -44,7 +44,7 @@ BLOCKS = {
 _LOCKS_SQL = """
     SELECT coalesce(c.relname, l.locktype), coalesce(n.nspname, ''), l.mode, c.relkind::text
     FROM pg_locks l LEFT JOIN pg_class c ON c.oid = l.relation LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE l.pid = %s AND l.granted AND l.locktype = 'relation'
+    WHERE l.pid = %s AND l.granted AND l.locktype = 'relation' AND c.relkind IN ('r', 'p', 'm', 'v', 'f')
       AND coalesce(n.nspname, '') NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
 """
 
