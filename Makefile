@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean help
+.PHONY: setup demo test lint bench clean help sam-build
 
 help:
 	@echo "make demo   - run the pipeline on this machine (local Postgres, local S3)"
@@ -56,6 +56,18 @@ lint: setup $(TOOLS_STAMP)
 	  --compact --quiet --skip-download \
 	  --download-external-modules false 2>/dev/null | tail -n 20; \
 	  exit $${PIPESTATUS[0]}
+
+# `sam build` with the SAM CLI in its own venv (it installs offline from PyPI); every function and
+# layer uses BuildMethod: makefile, so neither python3.13 nor docker is needed.
+SAM_VENV ?= .venv-sam
+$(SAM_VENV)/.installed:
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet 'aws-sam-cli>=1.120'
+	touch $@
+
+sam-build: setup $(SAM_VENV)/.installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(SAM_VENV)/bin/sam build
+	$(PY) layers/pgtools/check_layer.py .aws-sam/build/PgToolsLayer --zip .aws-sam/pgtools-layer.zip
 
 bench: setup
 	$(PY) bench/run.py

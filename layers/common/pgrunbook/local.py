@@ -384,12 +384,14 @@ class LocalCloud:
         deadline = time.monotonic() + timeout
         while True:
             desc = sfn.describe_execution(executionArn=execution_arn)
-            current = self._execution(desc)
-            if desc["status"] != "RUNNING" or (until is not None and until(current)):
-                return current
+            if desc["status"] != "RUNNING":
+                return self._execution(desc)
+            # `until` sees the status only (no history: fetching it on every poll is slow)
+            if until is not None and until(Execution(arn=execution_arn, status=str(desc["status"]))):
+                return self._execution(desc)
             if time.monotonic() > deadline:
                 raise PgrunbookError(f"local execution still running after {timeout:.0f}s: {execution_arn}")
-            time.sleep(0.1)
+            time.sleep(0.2)
 
     def _execution(self, desc: Mapping[str, Any]) -> Execution:
         from . import aws

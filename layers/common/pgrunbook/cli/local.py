@@ -1,0 +1,114 @@
+"""`pgrunbook local run`: execute the real state machines of template.yaml on this machine
+(in-process moto, handlers in-process, your PostgreSQL servers), e.g.
+
+    pgrunbook local run --database app=$DATABASE_URL Backup '{"kind": "manual"}' \\
+                                                     Restore '{"database": "app", "mode": "drill"}'
+
+Several MACHINE INPUT pairs run in order in the same local cloud (the bucket lives as long as the
+command). `--approve` answers a cutover's approval request (approved) as soon as it is made."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from ..errors import UsageError
+from .common import add_json
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("local", help="run the AWS state machines locally (moto + in-process handlers)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    lsub = p.add_subparsers(dest="local_command", metavar="ACTION")
+    lsub.required = True
+    run = lsub.add_parser("run", help="run state machines: MACHINE INPUT [MACHINE INPUT ...]")
+    run.add_argument("steps", nargs="+", metavar="MACHINE_OR_INPUT",
+                     help="pairs of a state machine (Backup, Restore, Migrate or the logical id) and its JSON input")
+    run.add_argument("--database", action="append", default=[], metavar="NAME=URL",
+                     help="a database the stack manages (default: NAME from $DATABASE_URL's database)")
+    run.add_argument("--approve", action="store_true", help="approve cutover requests automatically")
+    run.add_argument("--timeout", type=float, default=900.0, help="seconds per execution (default 900)")
+    add_json(run)
+    run.set_defaults(handler=_run)
+
+
+def _machine_id(name: str, known: list[str]) -> str:
+    for candidate in (name, f"{name}StateMachine", f"{name.capitalize()}StateMachine"):
+        if candidate in known:
+            return candidate
+    names = ", ".join(k.removesuffix("StateMachine") for k in known)
+    raise UsageError(f"unknown state machine {name!r}: one of {names}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..dburl import DatabaseUrl
+    from ..local import LocalCloud, LocalDatabase, load_template, state_machine_specs
+
+    if len(args.steps) % 2:
+        raise UsageError("give MACHINE INPUT pairs, e.g. Backup '{\"kind\": \"manual\"}'")
+    known = list(state_machine_specs(load_template()))
+    steps: list[tuple[str, Any]] = []
+    for i in range(0, len(args.steps), 2):
+        try:
+            payload = json.loads(args.steps[i + 1])
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"input of {args.steps[i]} is not JSON: {exc}") from None
+        steps.append((_machine_id(args.steps[i], known), payload))
+    databases = []
+    for spec in args.database:
+        name, sep, url = spec.partition("=")
+        if not sep or not name or not url:
+            raise UsageError(f"--database wants NAME=URL, not {spec!r}")
+        databases.append(LocalDatabase(name, url))
+    if not databases and os.environ.get("DATABASE_URL"):
+        url = os.environ["DATABASE_URL"]
+        databases.append(LocalDatabase(DatabaseUrl.parse(url).dbname, url))
+    if not databases:
+        raise UsageError("no database: pass --database NAME=URL or set DATABASE_URL")
+
+    results = []
+    with LocalCloud(databases) as cloud:
+        for machine, payload in steps:
+            arn = cloud.start(machine, payload)
+            if args.approve:
+                _approve_when_asked(cloud, arn, args.timeout)
+            ex = cloud.wait(arn, timeout=args.timeout)
+            results.append({"state_machine": machine, "status": ex.status, "output": ex.output,
+                            "error": ex.error, "cause": ex.cause, "states": ex.states_entered()})
+            if not args.json:
+                line = f"{machine}: {ex.status}" + (f" ({ex.error}: {ex.cause})" if ex.error else "")
+                sys.stdout.write(line + "\n")
+                if ex.output is not None:
+                    sys.stdout.write(json.dumps(ex.output, indent=2, default=str) + "\n")
+        notes = cloud.notifications()
+    if args.json:
+        sys.stdout.write(json.dumps({"executions": results,
+                                     "notifications": [{"subject": s, "message": m} for s, m in notes]},
+                                    default=str) + "\n")
+    else:
+        for subject, message in notes:
+            sys.stdout.write(f"--- notification: {subject}\n{message}\n")
+    return 0 if all(r["status"] == "SUCCEEDED" for r in results) else 1
+
+
+def _approve_when_asked(cloud: Any, arn: str, timeout: float) -> None:
+    from .. import aws
+
+    def asked(_ex: Any) -> bool:
+        resp = aws.client("s3").list_objects_v2(Bucket=cloud.bucket, Prefix="_approvals/")
+        return bool(resp.get("Contents"))
+
+    ex = cloud.wait(arn, timeout=timeout, until=asked)
+    if ex.status != "RUNNING":
+        return
+    for obj in aws.client("s3").list_objects_v2(Bucket=cloud.bucket, Prefix="_approvals/").get("Contents", []):
+        record = json.loads(aws.client("s3").get_object(Bucket=cloud.bucket, Key=obj["Key"])["Body"].read())
+        if record.get("status") == "pending":
+            cloud.send_task_success(record["task_token"], {
+                "decision": "approved", "approval_id": record["approval_id"], "approver": "pgrunbook local --approve",
+                "decided_at": record["requested_at"], "comment": "approved automatically (local run)"})
+            record["status"] = "approved"
+            aws.client("s3").put_object(Bucket=cloud.bucket, Key=obj["Key"], Body=json.dumps(record).encode())
