@@ -87,3 +87,25 @@ def test_drill_on_damaged_backup_fails_and_cleans_up(sample_db: str, pg_server: 
 def test_drill_without_backups_fails(tmp_path: Path, pg_server: LocalServer) -> None:
     report = run_drill(DrillOptions(dest=str(tmp_path), server_url=pg_server.url()), SETTINGS)
     assert not report.verified and "no backup found" in (report.error or "")
+
+
+def test_drill_fidelity_into_fresh_instance(pg_server: LocalServer, tmp_path: Path) -> None:
+    """The fidelity fixture through a drill into a fresh, restore-tuned (no fsync during the load) instance that
+    is then restarted with production settings: schema text and fingerprints identical, roles recreated."""
+    from pgrunbook.provision.local_instance import LocalInstanceProvisioner
+    from tests.fixtures.restore_helpers import create_fidelity_db, fingerprints, schema_text
+
+    source = create_fidelity_db(pg_server)
+    provisioner = LocalInstanceProvisioner(tmp_path / "i")
+    try:
+        backup = run_backup(BackupOptions(database_url=source, dest=str(tmp_path / "b"), jobs=2), SETTINGS)
+        report = run_drill(DrillOptions(backup=backup.archive, keep=True), SETTINGS, provisioner=provisioner)
+        assert report.verified, report.text()
+        assert report.target["details"]["roles_created"] == ["fidelity_reader"]
+        target = provisioner._servers[report.target["name"]].url(report.target["url"].rsplit("/", 1)[1])
+        assert schema_text(target) == schema_text(source)
+        assert fingerprints(target) == fingerprints(source)
+    finally:
+        for name in list(provisioner._servers):
+            provisioner.destroy_server(name)
+        drop_db(source)
