@@ -266,3 +266,19 @@ def test_failed_task_writes_lambdas_error_shape(stack: Stack) -> None:
 def test_missing_task_result_is_an_error(stack: Stack) -> None:
     with pytest.raises(operations.TaskResultMissing):
         operations.read_task_result(Settings.from_env(), "_tasks/none/backup-app.json")
+
+
+def test_provision_handler_rds_targets_are_created_and_deleted_stepwise(stack: Stack,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """kind rds: create returns at once (status creating; the state machine polls), delete is idempotent."""
+    monkeypatch.setenv("PGRUNBOOK_RDS_INSTANCE_CLASS", "db.t4g.micro")
+    provision = handler("provision")
+    target = provision({"action": "create", "database": "app", "spec": {"kind": "rds", "allocated_storage_gb": 20},
+                        "execution": "arn:aws:states:us-east-1:123456789012:execution:Restore:x"}, LocalContext())
+    assert target["kind"] == "rds" and target["status"] == "creating"
+    assert target["name"].startswith("pgrunbook-drill-app-") and target["dbname"] == stack.dbname
+    (inst,) = aws.client("rds").describe_db_instances(DBInstanceIdentifier=target["name"])["DBInstances"]
+    assert inst["DBInstanceClass"] == "db.t4g.micro" and inst["BackupRetentionPeriod"] == 0
+    assert inst["StorageEncrypted"] is True and inst["PubliclyAccessible"] is False
+    assert provision({"action": "delete", "target": target}, LocalContext())["status"] == "deleted"
+    assert provision({"action": "delete", "target": target}, LocalContext())["status"] == "deleted"
