@@ -235,13 +235,14 @@ def bench_restore(db: datagen.BenchDb, reps: int, scale: str) -> dict[str, Any] 
 
 def _row(name: str, value: str, target: str, ok: bool | None) -> str:
     mark = "" if ok is None else ("PASS" if ok else "MISS")
-    return f"  {name:<46} {value:>14}   {target:<12} {mark}"
+    return f"  {name:<52} {value:>14}   {target:<10} {mark}"
 
 
 def report(result: dict[str, Any]) -> str:
     lines = [
         f"pgrunbook benchmark ({result['scale']}, {result['cpus']} CPUs, load {result['load_before']} -> "
-        f"{result['load_after']}, {result['reps']} reps, medians)",
+        f"{result['load_after']}; medians of {result['reps'] if 'backup' in result else '-'} backup / "
+        f"{result.get('restore_reps', '-')} restore repetitions)",
         f"  database {result['database_bytes'] / 1e9:.2f} GB",
     ]
     b = result.get("backup")
