@@ -106,7 +106,10 @@ def test_migrated_by_pgrunbook_is_up_to_date_for_prisma(prisma: Prisma, fresh_db
     assert "Database schema is up to date!" in done.stdout
 
     # pending: both say so, naming it
-    write(proj / "migrations", {"20260103000000_nick": 'ALTER TABLE "Account" ADD COLUMN "nick" TEXT;\n'})
+    write(proj / "migrations", {
+        "20260103000000_nick": 'ALTER TABLE "Account" ADD COLUMN "nick" TEXT;\n',
+        # alone in its migration, a CONCURRENTLY statement runs under both tools
+        "20260104000000_nick_idx": 'CREATE INDEX CONCURRENTLY "Account_nick_idx" ON "Account"("nick");\n'})
     assert ours(capsys, "migrate-status", "--database-url", fresh_db, "--migrations", mig)[0] == 1
     pending = prisma.run(fresh_db, proj, "migrate", "status")
     assert pending.returncode == 1 and "have not yet been applied" in pending.stdout
@@ -117,7 +120,7 @@ def test_migrated_by_pgrunbook_is_up_to_date_for_prisma(prisma: Prisma, fresh_db
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert ours(capsys, "migrate-status", "--database-url", fresh_db, "--migrations", mig)[0] == 0
     assert [r["migration_name"] for r in rows(fresh_db)] == ["20260101000000_init", "20260102000000_func",
-                                                              "20260103000000_nick"]
+                                                              "20260103000000_nick", "20260104000000_nick_idx"]
 
 
 def test_migrated_by_prisma_is_up_to_date_for_pgrunbook(prisma: Prisma, fresh_db: str, tmp_path: Path,
