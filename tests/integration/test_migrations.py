@@ -510,3 +510,42 @@ def test_failing_migration_named_by_the_runner(fresh_db: str, tmp_path: Path) ->
         deploy(DatabaseUrl.parse(fresh_db), read_migrations(mig), str(mig))
     assert failed.value.migration == "20260101000000_x"
     assert failed.value.statement is not None and failed.value.statement.index == 2
+
+
+def test_migrator_killed_mid_migration_releases_the_lock(fresh_db: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    mig = write(tmp_path / "m", {"20260101000000_init": INIT,
+                                 "20260102000000_slow": 'CREATE TABLE "Slow" (id int);\nSELECT pg_sleep(60);\n'})
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "pgrunbook"), "migrate", "--database-url", fresh_db,
+                             "--migrations", str(mig), "--skip-backup", "--reason", "test", "--lint", "off"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with psycopg.connect(fresh_db) as conn:
+                if conn.execute("SELECT to_regclass('_prisma_migrations') IS NOT NULL").fetchone() == (True,) and \
+                        conn.execute("SELECT count(*) FROM _prisma_migrations WHERE migration_name LIKE '%slow'"
+                                     ).fetchone() == (1,):
+                    break
+            time.sleep(0.1)
+        time.sleep(0.3)  # inside pg_sleep now
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    t0 = time.monotonic()
+    # client_connection_check_interval: the server notices the dead client, rolls back, frees the lock
+    result_code, _, err = migrate(capsys, fresh_db, mig, "--wait-for-lock", "10")
+    assert time.monotonic() - t0 < 8
+    assert result_code == 1 and "P3009" in err and "20260102000000_slow" in err  # nothing ran twice
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("""SELECT to_regclass('"Slow"')""").fetchone() == (None,)
+    assert cli(capsys, "migrate", "resolve", "--database-url", fresh_db, "--migrations", str(mig),
+               "--rolled-back", "20260102000000_slow")[0] == 0
+    (mig / "20260102000000_slow" / "migration.sql").write_text('CREATE TABLE "Slow" (id int);\n')
+    assert migrate(capsys, fresh_db, mig)[0] == 0

@@ -11,6 +11,7 @@ the lock queue behind a long transaction while blocking the application behind i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -95,9 +96,16 @@ class DeployResult:
                 "notes": self.notes}
 
 
+CLIENT_CHECK_INTERVAL = "2s"
+
+
 def open_connection(url: DatabaseUrl) -> psycopg.Connection[Any]:
     conn = catalog.connect(url, autocommit=True, application=APPLICATION)
     conn.prepare_threshold = None  # utility statements (SET, DDL) cannot be prepared
+    # if this process dies mid-migration, the server notices within seconds (even during a long
+    # statement), rolls back and releases the migration lock instead of holding it for a dead client
+    with contextlib.suppress(psycopg.Error):  # PostgreSQL 14+
+        conn.execute("SELECT set_config('client_connection_check_interval', %s, false)", (CLIENT_CHECK_INTERVAL,))
     return conn
 
 
