@@ -549,3 +549,22 @@ def test_migrator_killed_mid_migration_releases_the_lock(fresh_db: str, tmp_path
                "--rolled-back", "20260102000000_slow")[0] == 0
     (mig / "20260102000000_slow" / "migration.sql").write_text('CREATE TABLE "Slow" (id int);\n')
     assert migrate(capsys, fresh_db, mig)[0] == 0
+
+
+def test_migrate_event_parsing() -> None:
+    from pgrunbook.migrations.service import EventError, MigrateEvent
+
+    ev = MigrateEvent.parse({"action": "plan", "input": {"database": "app", "migrations": "s3://b/_releases/1/m/",
+                                                         "app_version": "1.2.3", "lint": "warn"}})
+    assert (ev.action, ev.database, ev.lint, ev.app_version, ev.lock_timeout) == ("plan", "app", "warn", "1.2.3", "5s")
+    for bad, message in (
+        ({"action": "plan", "database": "app"}, "'migrations' are required"),
+        ({"action": "drop", "database": "app", "migrations": "m"}, "field 'action' must be one of"),
+        ({"action": "lint", "database": "app", "migrations": "m", "lint": "loud"}, "field 'lint' must be one of"),
+        ({"action": "apply", "database": "app", "migrations": "m", "skip_backup": "yes"}, "true or false"),
+        ({"action": "apply", "database": "app", "migrations": "m", "skip_backup": True}, "needs a 'reason'"),
+        ({"action": "apply", "database": "app", "migrations": "m", "wait_for_lock": "10"}, "number of seconds"),
+        (["plan"], "expected a JSON object"),
+    ):
+        with pytest.raises(EventError, match=message):
+            MigrateEvent.parse(bad)
