@@ -494,6 +494,19 @@ def test_rehearsal_reports_time_and_locks(sample_db: str, pg_server: Any, tmp_pa
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'pgrunbook_rehearsal%'"
                             ).fetchone() == (0,)
 
+    # a migration that fails in the rehearsal stops the real run before anything is touched
+    write(mig, {"20260203000000_broken": 'ALTER TABLE "Nope" ADD COLUMN x int;\n'})
+    code, out, err = cli(capsys, "migrate", "--database-url", sample_db, "--migrations", str(mig), "--backup-to",
+                         str(dest), "--require-rehearsal", "--rehearse-server", pg_server.url(), "--lint", "warn",
+                         "--skip-backup", "--reason", "rehearsed", "--json")
+    assert code == 1 and "rehearsal failed: migration 20260203000000_broken failed" in err
+    assert "production was not touched" in err
+    failed = json.loads(out)["rehearsal"]
+    assert [(m["name"], m["ok"]) for m in failed["migrations"]] == [
+        ("20260201000000_index", True), ("20260202000000_concurrent", True), ("20260203000000_broken", False)]
+    assert [r["migration_name"] for r in rows(sample_db)] == list(SAMPLE_MIGRATIONS)
+    (mig / "20260203000000_broken" / "migration.sql").write_text('ALTER TABLE "Job" ADD COLUMN x int;\n')
+
     # --require-rehearsal: rehearse, then the real run
     code, out, err = cli(capsys, "migrate", "--database-url", sample_db, "--migrations", str(mig), "--backup-to",
                          str(dest), "--require-rehearsal", "--rehearse-server", pg_server.url(), "--lint", "warn",
@@ -501,7 +514,8 @@ def test_rehearsal_reports_time_and_locks(sample_db: str, pg_server: Any, tmp_pa
     assert code == 0, err
     report = json.loads(out)
     assert report["rehearsal"]["ok"] and report["outcome"] == "applied"
-    assert [a["name"] for a in report["applied"]] == ["20260201000000_index", "20260202000000_concurrent"]
+    assert [a["name"] for a in report["applied"]] == ["20260201000000_index", "20260202000000_concurrent",
+                                                      "20260203000000_broken"]
 
 
 def test_failing_migration_named_by_the_runner(fresh_db: str, tmp_path: Path) -> None:

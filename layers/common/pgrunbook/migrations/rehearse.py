@@ -209,6 +209,12 @@ def rehearse(migrations: list[Migration], migrations_dir: str, *, backup: str,
             result = deploy(target_url, migrations, migrations_dir, opts)
         except MigrationFailed as exc:
             report.error = str(exc)
+            by_name = {m.name: m for m in migrations}
+            for name, seconds in observer.durations.items():  # the ones that went through before it
+                if name != exc.migration:
+                    report.migrations.append(RehearsedMigration(
+                        name, seconds=seconds, mode=by_name[name].run_mode() if name in by_name else "",
+                        locks=observer.locks_for(name, "")))
             report.migrations.append(RehearsedMigration(exc.migration, seconds=observer.durations.get(exc.migration, 0),
                                                         ok=False, error=str(exc),
                                                         locks=observer.locks_for(exc.migration, "")))
