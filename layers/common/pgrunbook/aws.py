@@ -10,7 +10,6 @@ from functools import cache
 from typing import Any
 
 
-
 @cache
 def client(service: str, region: str | None = None) -> Any:
     # imported here: boto3 costs ~0.3 s to import and a folder backup never needs it

@@ -102,7 +102,7 @@ class LocalServer:
                 os.setgid(owner[1])
                 os.setuid(owner[0])
 
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, preexec_fn=demote,  # noqa: PLW1509
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, preexec_fn=demote,
                               stdin=subprocess.DEVNULL, cwd="/")
         if proc.returncode != 0:
             log = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
