@@ -109,3 +109,12 @@ def test_drill_fidelity_into_fresh_instance(pg_server: LocalServer, tmp_path: Pa
         for name in list(provisioner._servers):
             provisioner.destroy_server(name)
         drop_db(source)
+
+
+def test_drill_latest_from_s3(bucket: str, sample_db: str, pg_server: LocalServer) -> None:
+    run_backup(BackupOptions(database_url=sample_db, dest=f"s3://{bucket}/backups", kind="scheduled", jobs=1),
+               SETTINGS)
+    report = run_drill(DrillOptions(dest=f"s3://{bucket}/backups", server_url=pg_server.url()), SETTINGS)
+    assert report.verified, report.text()
+    assert (report.backup or "").startswith(f"s3://{bucket}/backups/") and "/scheduled/" in (report.backup or "")
+    assert _drill_databases(pg_server) == []
