@@ -173,6 +173,9 @@ def run_drill(opts: DrillOptions, settings: Settings | None = None,
     except Exception as exc:  # a drill reports; it does not crash the monthly schedule
         log.exception("drill failed unexpectedly")
         report.error = f"{type(exc).__name__}: {mask_secrets(str(exc))}"
+    except BaseException:  # interrupted: still remove what was provisioned
+        _teardown(provisioner, target, report, opts.keep)
+        raise
     _teardown(provisioner, target, report, opts.keep)
     report.timings["total"] = time.monotonic() - t_all
     log.info("drill finished", extra={"verified": report.verified, "seconds": round(report.timings["total"], 2)})
