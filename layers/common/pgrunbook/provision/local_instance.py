@@ -65,9 +65,14 @@ class LocalInstanceProvisioner:
             raise
         log.info("local instance started restore-tuned",
                  extra={"instance": name, "port": server.port, "seconds": round(time.monotonic() - t0, 2)})
+        # the URL with its password, readable only by us (for --keep: how to reach the kept instance)
+        url_file = server.data_dir.parent / f"{name}.url"
+        url_file.touch(mode=0o600)
+        url_file.write_text(server.url(dbname) + "\n")
         return ProvisionedTarget(kind=self.kind, name=name, url=server.url(dbname),
                                  details={"data_dir": str(server.data_dir), "port": server.port,
-                                          "settings": "restore-tuned", "roles_created": created})
+                                          "url_file": str(url_file), "settings": "restore-tuned",
+                                          "roles_created": created})
 
     def server(self, target: ProvisionedTarget) -> LocalServer:
         return self._servers[target.name]
@@ -91,5 +96,6 @@ class LocalInstanceProvisioner:
         server = self._servers.pop(name, None)
         if server is not None:
             server.destroy()
+            (server.data_dir.parent / f"{name}.url").unlink(missing_ok=True)
             if server.data_dir.parent.name.startswith("pgrunbook-"):
                 shutil.rmtree(server.data_dir.parent, ignore_errors=True)
