@@ -86,6 +86,8 @@ class DrillReport:
         lines.append(f"  backup        {self.backup or '-'}")
         lines.append(f"  target        {self.target.get('url', '-')} ({self.provisioner}"
                      f"{', kept' if self.kept else ', dropped after the drill'})")
+        if self.kept and self.target.get("details", {}).get("url_file"):
+            lines.append(f"  kept          its URL (with password) is in {self.target['details']['url_file']}")
         order = ("provision", "download", "restore", "analyze", "verify", "teardown", "total")
         lines.append("  timings       " + ", ".join(f"{k} {self.timings[k]:.2f}s" for k in order if k in self.timings))
         size = f"{_mb(self.database_bytes)} database, {_mb(self.archive_bytes)} archive"
