@@ -318,7 +318,7 @@ class _CatalogReader:
         conn = self.conn
         tc = time.monotonic()
         # JIT would compile code for every big count(*) (jit_above_cost): pure overhead here
-        conn.execute("SET LOCAL jit = off")
+        conn.execute("SELECT set_config('jit', 'off', true) WHERE current_setting('jit', true) IS NOT NULL")
         tables = catalog.user_tables(conn)
         self.counts = catalog.exact_counts(conn, tables)
         self.seqs = catalog.sequences(conn)
