@@ -332,6 +332,13 @@ def test_lock_timeout_keeps_ddl_from_queueing(fresh_db: str, tmp_path: Path,
     code, status = status_json(capsys, fresh_db, mig)
     assert status["state"] == "failed"
 
+    # statement_timeout too (configurable per run)
+    assert cli(capsys, "migrate", "resolve", "--database-url", fresh_db, "--migrations", str(mig),
+               "--rolled-back", "20260102000000_col")[0] == 0
+    (mig / "20260102000000_col" / "migration.sql").write_text("SELECT pg_sleep(2);\n")
+    code, _, err = migrate(capsys, fresh_db, mig, "--statement-timeout", "200ms")
+    assert code == 1 and "57014" in err and "statement_timeout=200ms" in err
+
 
 def test_concurrently_runs_outside_a_transaction(fresh_db: str, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
