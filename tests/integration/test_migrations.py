@@ -589,3 +589,18 @@ def test_migrate_event_parsing() -> None:
     ):
         with pytest.raises(EventError, match=message):
             MigrateEvent.parse(bad)
+
+
+def test_resolve_applied_baselines_an_unmanaged_database(fresh_db: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute(INIT)  # the schema exists, the history does not
+    mig = write(tmp_path / "m", {"20260101000000_init": INIT, "20260102000000_func": FUNC})
+    assert migrate(capsys, fresh_db, mig)[0] == 1  # P3005
+    code, _, err = cli(capsys, "migrate", "resolve", "--database-url", fresh_db, "--migrations", str(mig),
+                       "--applied", "20260101000000_init")
+    assert code == 0, err
+    code, status = status_json(capsys, fresh_db, mig)
+    assert code == 1 and status["applied"] == ["20260101000000_init"] and status["pending"] == ["20260102000000_func"]
+    assert migrate(capsys, fresh_db, mig)[0] == 0
+    assert status_json(capsys, fresh_db, mig)[0] == 0
