@@ -213,6 +213,13 @@ def test_report_handler_age_metrics(stack: Stack, capsys: pytest.CaptureFixture[
             "OldestVerifiedRestoreAgeDays"} <= names
 
 
+
+def test_age_metrics_watch_drills_of_drilled_databases_only(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGRUNBOOK_DRILL_DATABASES", "billing")
+    out = handler("report")(event("report-metrics"), LocalContext())
+    assert "verified_restore_age_days" not in out["databases"]["app"]
+
+
 def test_every_function_in_the_template_has_a_handler_and_a_build_target() -> None:
     from pgrunbook.local import function_ids, load_template
 

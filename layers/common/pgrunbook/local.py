@@ -249,6 +249,7 @@ class LocalCloud:
         self.extra_env = dict(env or {})
         self.parameters = dict(parameters or {})
         self.bucket = f"pgrunbook-local-{uuid.uuid4().hex[:8]}"
+        self.suffix = uuid.uuid4().hex[:6]
         self.state_machines: dict[str, str] = {}
         self._mock: Any = None
         self._saved_env: dict[str, str | None] = {}
@@ -330,14 +331,15 @@ class LocalCloud:
             "TaskDefinition": "none", "RestoreTunedParameterGroup": "pgrunbook-restore-tuned",
             "AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws", "AWS::StackName": "local",
             **{fid: fid for fid in function_ids(self.template)},
+            **{sid: self.state_machine_arn(sid) for sid in state_machine_specs(self.template)},
         }
         for name, param in self.template.get("Parameters", {}).items():
             refs.setdefault(name, self.parameters.get(name, param.get("Default", "")))
         refs.update(self.parameters)
         attrs = {**fn_arn, "Key.Arn": self.key_arn, "BackupBucket.Arn": f"arn:aws:s3:::{self.bucket}",
-                 "TaskCluster.Arn": "none"}
-        conditions = {"HasFargate": False, "HasEmail": False, "HasDrill": bool(refs.get("DrillDatabase")),
-                      "HasObjectLock": False, "HasRdsSubnetGroup": False}
+                 "TaskCluster.Arn": "none",
+                 **{f"{sid}.Name": f"{sid}-{self.suffix}" for sid in state_machine_specs(self.template)}}
+        conditions = {"HasFargate": False, "HasEmail": False, "HasObjectLock": False, "HasRdsSubnetGroup": False}
         self.intrinsics = Intrinsics(refs, attrs, conditions)
         # the functions' environment, as the template sets it (Globals), plus local overrides
         env = self.template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
@@ -346,6 +348,9 @@ class LocalCloud:
                        "PGRUNBOOK_PG_BIN": os.environ.get("PGRUNBOOK_PG_BIN", ""), "PGRUNBOOK_WORK_DIR": ""})
         values.update(self.extra_env)
         self._set_env({k: (v or None) for k, v in values.items()})
+
+    def state_machine_arn(self, logical_id: str) -> str:
+        return f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{logical_id}-{self.suffix}"
 
     def function_arn(self, logical_id: str) -> str:
         return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{logical_id}"
@@ -356,11 +361,16 @@ class LocalCloud:
     def create_state_machine(self, logical_id: str) -> str:
         from . import aws
 
-        spec = state_machine_specs(self.template)[logical_id]
+        specs = state_machine_specs(self.template)
+        spec = specs[logical_id]
         values = {k: self.intrinsics.eval(v) for k, v in spec.substitutions.items()}
         definition = render_definition((self.root / spec.definition_uri).read_text(), values)
+        for other in specs:  # a machine that starts another (Drill -> Restore): create that one first
+            if other != logical_id and other not in self.state_machines \
+                    and self.state_machine_arn(other) in definition:
+                self.create_state_machine(other)
         arn = aws.client("stepfunctions").create_state_machine(
-            name=f"{logical_id}-{uuid.uuid4().hex[:6]}", definition=definition,
+            name=f"{logical_id}-{self.suffix}", definition=definition,
             roleArn=f"arn:aws:iam::{ACCOUNT}:role/pgrunbook-local")["stateMachineArn"]
         self.state_machines[logical_id] = str(arn)
         return str(arn)

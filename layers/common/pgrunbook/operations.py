@@ -108,6 +108,14 @@ def plan_backup(ev: BackupPlanEvent, settings: Settings) -> dict[str, Any]:
             "max_concurrency": _env_int("PGRUNBOOK_BACKUP_MAX_CONCURRENCY", 2)}
 
 
+def drilled_databases(env: Mapping[str, str] | None = None) -> list[str]:
+    """The databases the monthly drill restores (PGRUNBOOK_DRILL_DATABASES, comma separated; empty: all).
+    Only these are watched by the "no verified drill" alarm."""
+    env = os.environ if env is None else env
+    names = [n.strip() for n in (env.get("PGRUNBOOK_DRILL_DATABASES") or "").split(",") if n.strip()]
+    return names or sorted(configured_databases(env))
+
+
 def plan_restore(ev: RestorePlanEvent, settings: Settings) -> dict[str, Any]:
     """The Restore state machine's first step: validate the input, resolve `latest`, pick the target
     spec and the runner. Fails fast (before anything is created) on a bad input."""

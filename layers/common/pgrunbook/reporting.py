@@ -19,7 +19,7 @@ from typing import Any
 from . import aws
 from .catalog_list import latest_backup
 from .lambda_support import configured_databases
-from .operations import APPROVALS_PREFIX, REPORTS_PREFIX
+from .operations import APPROVALS_PREFIX, REPORTS_PREFIX, drilled_databases
 from .settings import Settings
 from .store import open_store
 
@@ -145,21 +145,25 @@ def age_metrics(settings: Settings, metrics: Any = None) -> dict[str, Any]:
     store = _store(settings)
     now = datetime.now(UTC)
     out: dict[str, Any] = {}
+    drilled = set(drilled_databases())
     for name, cfg in sorted(configured_databases().items()):
         last = latest_backup(f"{dest}/{cfg.database}", settings=settings)
-        backup_hours = NEVER_HOURS if last is None else last.age_seconds / 3600
+        backup_hours = round(NEVER_HOURS if last is None else last.age_seconds / 3600, 2)
+        put_metric(metrics, "BackupAgeHours", backup_hours, "Count", name)
+        out[name] = {"backup_age_hours": backup_hours}
+        if name not in drilled:
+            continue  # not drilled (PGRUNBOOK_DRILL_DATABASES): no drill age to alarm on
         verified_days = NEVER_HOURS / 24
-        reports = sorted((i.key for i in store.list(f"{REPORTS_PREFIX}/restore/{name}/")), reverse=True)
-        for key in reports:
+        for key in sorted((i.key for i in store.list(f"{REPORTS_PREFIX}/restore/{name}/")), reverse=True):
             rep = json.loads(store.get_bytes(key))
             if rep.get("verified"):
                 verified_days = (now - datetime.fromisoformat(rep["finished_at"])).total_seconds() / 86400
                 break
-        put_metric(metrics, "BackupAgeHours", round(backup_hours, 2), "Count", name)
         put_metric(metrics, "LastVerifiedRestoreAgeDays", round(verified_days, 2), "Count", name)
-        out[name] = {"backup_age_hours": round(backup_hours, 2), "verified_restore_age_days": round(verified_days, 2)}
+        out[name]["verified_restore_age_days"] = round(verified_days, 2)
     if out:
         put_metric(metrics, "OldestBackupAgeHours", max(v["backup_age_hours"] for v in out.values()), "Count")
-        put_metric(metrics, "OldestVerifiedRestoreAgeDays",
-                   max(v["verified_restore_age_days"] for v in out.values()), "Count")
+    drill_ages = [v["verified_restore_age_days"] for v in out.values() if "verified_restore_age_days" in v]
+    if drill_ages:
+        put_metric(metrics, "OldestVerifiedRestoreAgeDays", max(drill_ages), "Count")
     return {"databases": out}
