@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import boto3
@@ -153,12 +154,17 @@ def test_pg_dump_killed_mid_stream_aborts_the_multipart_upload(sample_db: str, b
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_pg_dump_killed_leaves_no_file_in_the_folder(sample_db: str, tmp_path: Path, jobs: int) -> None:
+def test_pg_dump_killed_leaves_no_file_in_the_folder(sample_db: str, tmp_path: Path, jobs: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))  # this test's own staging area
+
     def kill(proc: subprocess.Popen[bytes]) -> None:
         os.kill(proc.pid, signal.SIGKILL)
 
     with pytest.raises(PgrunbookError, match="pg_dump failed"):
-        run_backup(BackupOptions(database_url=sample_db, dest=str(tmp_path), jobs=jobs), Settings.from_env({}),
-                   on_dump_started=kill)
-    _nothing_written(tmp_path)
-    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("pgrunbook-dump-*/dump/toc.dat"))
+        run_backup(BackupOptions(database_url=sample_db, dest=str(tmp_path / "backups"), jobs=jobs),
+                   Settings.from_env({}), on_dump_started=kill)
+    _nothing_written(tmp_path / "backups")
+    assert list(staging.iterdir()) == []  # the staging folder of a parallel dump is removed too
