@@ -32,14 +32,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from . import __version__, catalog
 from .dburl import DatabaseUrl
 from .errors import PgrunbookError, StoreError, ToolError, UsageError
 from .manifest import MANIFEST_SUFFIX, MANIFEST_VERSION, SHA256_SUFFIX, Manifest, sha256_line
 from .manifest import _validator as manifest_validator
-from .pgtools import Tool, find_tool, tool_env, tool_error
+from .pgtools import StderrTail, Tool, find_tool, tool_env, tool_error
 from .settings import COMPRESSIONS, KINDS, Settings
 from .store import LocalStore, ObjectWriter, Store, open_store
 
@@ -216,24 +216,6 @@ class _HashingSink:
         return self.digest.hexdigest()
 
 
-class _StderrTail(threading.Thread):
-    """Drains a child's stderr so it never blocks, keeping the last lines for the error."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        super().__init__(daemon=True)
-        self.stream = stream
-        self.lines: list[str] = []
-
-    def run(self) -> None:
-        for raw in self.stream:
-            self.lines.append(raw.decode("utf-8", "replace"))
-            del self.lines[:-50]
-
-    @property
-    def text(self) -> str:
-        self.join(timeout=5)
-        return "".join(self.lines)
-
 
 def _dump_args(dump: Tool, url: DatabaseUrl, snapshot: str, plan: _Plan) -> list[str]:
     args = [str(dump.path), f"--dbname={url.conninfo()}", f"--snapshot={snapshot}", "--no-password"]
@@ -391,8 +373,7 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
             proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                     env=tool_env(url.tool_env()))
             assert proc.stderr is not None
-            errors = _StderrTail(proc.stderr)
-            errors.start()
+            errors = StderrTail(proc.stderr)
             if on_dump_started:
                 on_dump_started(proc)
             pump_error: list[BaseException] = []

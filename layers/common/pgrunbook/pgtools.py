@@ -11,10 +11,12 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import IO
 
 from .dburl import mask_secrets
 from .errors import ToolError
@@ -109,6 +111,27 @@ def tool_error(tool: str, returncode: int, stderr: str) -> ToolError:
         detail = f"killed by signal {-returncode}" + (f" ({detail})" if errors else "")
     detail = re.sub(rf"^{re.escape(tool)}:\s*", "", detail)
     return ToolError(f"{tool} failed: {mask_secrets(detail)}")
+
+
+class StderrTail(threading.Thread):
+    """Drains a child's stderr on a thread so the child never blocks on a full pipe, keeping
+    the last `keep` lines for the error message."""
+
+    def __init__(self, stream: IO[bytes], keep: int = 200) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.keep = stream, keep
+        self.lines: list[str] = []
+        self.start()
+
+    def run(self) -> None:
+        for raw in self.stream:
+            self.lines.append(raw.decode("utf-8", "replace"))
+            del self.lines[:-self.keep]
+
+    @property
+    def text(self) -> str:
+        self.join(timeout=10)
+        return "".join(self.lines)
 
 
 def run_tool(tool: Tool, args: Sequence[str], *, env: Mapping[str, str] | None = None,

@@ -45,7 +45,7 @@ from .archive import CHUNK, PLAIN_HEADER, PLAIN_TRAILER, ArchiveRef, HashingRead
 from .dburl import DatabaseUrl, mask_secrets
 from .errors import ChecksumMismatch, PgrunbookError, StoreError, UsageError
 from .manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest
-from .pgtools import Tool, find_tool, tool_env
+from .pgtools import StderrTail, Tool, find_tool, tool_env
 from .settings import Settings
 from .store import LocalStore
 
@@ -417,22 +417,6 @@ def _psql_failure(stderr: str) -> str:
     return " ".join(parts)
 
 
-class _StderrTail(threading.Thread):
-    def __init__(self, stream: IO[bytes]) -> None:
-        super().__init__(daemon=True)
-        self.stream = stream
-        self.lines: list[str] = []
-
-    def run(self) -> None:
-        for raw in self.stream:
-            self.lines.append(raw.decode("utf-8", "replace"))
-            del self.lines[:-200]
-
-    @property
-    def text(self) -> str:
-        self.join(timeout=10)
-        return "".join(self.lines)
-
 
 def _run_pg_restore(tool: Tool, url: DatabaseUrl, path: Path, jobs: int, no_owner: bool, no_acl: bool,
                     session: Mapping[str, str] | None) -> None:
@@ -495,8 +479,7 @@ def _run_psql(tool: Tool, url: DatabaseUrl, path: Path, gz: bool, no_owner: bool
     env = tool_env({**url.tool_env(), "PGOPTIONS": _pgoptions(session)})
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     assert proc.stdin is not None and proc.stderr is not None
-    errors = _StderrTail(proc.stderr)
-    errors.start()
+    errors = StderrTail(proc.stderr)
     inflater = zlib.decompressobj(31) if gz else None
     filt = _PlainFilter(no_acl) if no_owner else None
     try:
