@@ -13,21 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-
-from pgrunbook.lambda_support import database_config, database_url, emit_metrics, setup_handler_logging
+from pgrunbook.lambda_support import database_config, database_url, emit_metrics, powertools
 from pgrunbook.migrations.service import MigrateEvent, handle
 from pgrunbook.settings import Settings
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
-setup_handler_logging(logger)
+tools = powertools()
 
 
-@logger.inject_lambda_context(log_event=True)
-@tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics(raise_on_empty_metrics=False)
+@tools.handler()
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     ev = MigrateEvent.parse(event)
     url = database_url(database_config(ev.database))
@@ -35,9 +28,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         result = handle(ev, url, Settings.from_env())
     except Exception:
         if ev.action == "apply":
-            emit_metrics(metrics, ev.database, {"MigrationFailed": (1, "Count")})
+            emit_metrics(tools.metrics, ev.database, {"MigrationFailed": (1, "Count")})
         raise
-    emit_metrics(metrics, ev.database, {
+    emit_metrics(tools.metrics, ev.database, {
         "plan": {"MigrationsPending": (result.get("pending_count", 0), "Count")},
         "lint": {"MigrationLintErrors": (result.get("errors", 0), "Count")},
         "backup": {"PreMigrationBackupSeconds": (result.get("seconds", 0), "Seconds")},

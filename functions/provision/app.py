@@ -9,21 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-
 from pgrunbook import operations
 from pgrunbook.events import ProvisionEvent
-from pgrunbook.lambda_support import setup_handler_logging
+from pgrunbook.lambda_support import powertools
 from pgrunbook.settings import Settings
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
-setup_handler_logging(logger)
+tools = powertools()
 
 
-@logger.inject_lambda_context(log_event=True)
-@tracer.capture_lambda_handler
-@metrics.log_metrics(raise_on_empty_metrics=False)
+@tools.handler()
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return operations.provision(ProvisionEvent.parse(event), Settings.from_env())

@@ -11,22 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-
 from pgrunbook import reporting
 from pgrunbook.events import ReportEvent
-from pgrunbook.lambda_support import emit_metrics, setup_handler_logging
+from pgrunbook.lambda_support import emit_metrics, powertools
 from pgrunbook.settings import Settings
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
-setup_handler_logging(logger)
+tools = powertools()
 
 
-@logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics(raise_on_empty_metrics=False)
+@tools.handler(log_event=False)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     ev = ReportEvent.parse(event)
     settings = Settings.from_env()
@@ -35,9 +28,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if ev.action == "restore-report":
         out = reporting.restore_report(ev.data, settings)
         if out["verified"]:
-            emit_metrics(metrics, (ev.data.get("plan") or {}).get("database"),
+            emit_metrics(tools.metrics, (ev.data.get("plan") or {}).get("database"),
                          {"LastVerifiedRestoreAgeDays": (0, "Count")})
         return out
     if ev.action == "request-approval":
         return reporting.request_approval(ev.data, settings)
-    return reporting.age_metrics(settings, metrics)
+    return reporting.age_metrics(settings, tools.metrics)

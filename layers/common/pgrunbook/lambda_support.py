@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -159,6 +159,38 @@ def emit_metrics(metrics: Any, database: str | None, values: Mapping[str, tuple[
     for name, (value, unit) in values.items():
         blob.add_metric(name=name, unit=MetricUnit(unit), value=value)
     blob.flush_metrics()
+
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Powertools:
+    """One function's powertools Logger/Tracer/Metrics, wired the same way for every handler."""
+
+    logger: Any
+    tracer: Any
+    metrics: Any
+
+    def handler(self, *, log_event: bool = True) -> Callable[[Handler], Handler]:
+        """Decorate a lambda_handler: Lambda context in the logs (and the event, unless it may carry
+        secrets), an X-Ray segment without the response, metrics flushed at the end."""
+
+        def wrap(fn: Handler) -> Handler:
+            fn = self.metrics.log_metrics(raise_on_empty_metrics=False)(fn)
+            fn = self.tracer.capture_lambda_handler(capture_response=False)(fn)
+            return self.logger.inject_lambda_context(log_event=log_event)(fn)  # type: ignore[no-any-return]
+
+        return wrap
+
+
+def powertools() -> Powertools:
+    """Create a handler's powertools instances (at module level, once per cold start)."""
+    from aws_lambda_powertools import Logger, Metrics, Tracer
+
+    tools = Powertools(logger=Logger(), tracer=Tracer(), metrics=Metrics())
+    setup_handler_logging(tools.logger)
+    return tools
 
 
 def setup_handler_logging(logger: Any) -> None:
