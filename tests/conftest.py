@@ -35,15 +35,25 @@ def fresh_db(pg_server: LocalServer) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture()
-def sample_db(pg_server: LocalServer) -> Iterator[str]:
-    """A runbook-shaped application database ("User", "Job", "SecurityEvent", _prisma_migrations)."""
+def _sample_database(server: LocalServer) -> Iterator[str]:
     from pgrunbook.sample import create_sample_database
 
     name = f"app_{uuid.uuid4().hex[:10]}"
-    yield create_sample_database(pg_server.url(), name, users=200, jobs_per_user=3, events=1000)
-    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+    yield create_sample_database(server.url(), name, users=200, jobs_per_user=3, events=1000)
+    with psycopg.connect(server.url(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def sample_db(pg_server: LocalServer) -> Iterator[str]:
+    """A runbook-shaped application database ("User", "Job", "SecurityEvent", _prisma_migrations)."""
+    yield from _sample_database(pg_server)
+
+
+@pytest.fixture(scope="module")
+def app_db(pg_server: LocalServer) -> Iterator[str]:
+    """The same sample database, one per module, for tests that only read it."""
+    yield from _sample_database(pg_server)
 
 
 AWS_TEST_ENV = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from moto import mock_aws
 from pgrunbook import aws, operations, task
 from pgrunbook.lambda_support import LocalContext, UnknownDatabase
 from pgrunbook.local import handler_path, load_handler
-from pgrunbook.localpg import LocalServer
 from pgrunbook.settings import Settings
 from tests.conftest import AWS_TEST_ENV, project_root
 
@@ -49,17 +47,6 @@ class Stack:
 
         topic = sns_backends["123456789012"]["us-east-1"].topics[self.topic]
         return [(s, m) for (_i, m, s, _a, _g) in topic.sent_notifications]
-
-
-@pytest.fixture(scope="module")
-def app_db(pg_server: LocalServer) -> Iterator[str]:
-    """One runbook-shaped sample database per module: these tests only read it (restores go elsewhere)."""
-    from pgrunbook.sample import create_sample_database
-
-    name = f"app_{uuid.uuid4().hex[:10]}"
-    yield create_sample_database(pg_server.url(), name, users=200, jobs_per_user=3, events=1000)
-    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture()
