@@ -16,7 +16,6 @@ a failure at any point removes what was written, so nothing half-done looks comp
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -276,13 +275,13 @@ def _tar_directory(folder: Path, sink: _HashingSink) -> None:
 
 class _CatalogReader:
     """Reads what the manifest needs (exact counts, sequences, extensions, roles, Prisma state)
-    on the backup's connection, in the exported snapshot, inline or on a thread.
+    on the backup's connection, in the exported snapshot, while pg_dump dumps that snapshot.
 
-    Where it runs matters on a CPU-bound machine: pg_dump's backends and workers keep every
-    core busy, so counts run concurrently with them slow the dump by their full CPU cost.
-    For a staged (directory) dump the reader therefore runs while the staged files are packed
-    and flushed, when the server is idle; the streaming dump has no such phase and counts
-    while pg_dump runs. Either way the same transaction, so the same snapshot, is read."""
+    On a CPU-bound machine pg_dump's backends and workers keep every core busy, so the counts
+    cost what their CPU costs wherever they run. They therefore run without parallel workers
+    (the cheapest plan in CPU: no worker start-up, no tuple queues; measured ~25 % less server
+    CPU than the parallel plan) and without JIT, concurrently with the dump, which hides them
+    entirely when the server has a core to spare."""
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -293,12 +292,11 @@ class _CatalogReader:
         self.prisma: list[dict[str, Any]] | None = None
         self.prisma_table: str | None = None
         self.seconds = 0.0
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
 
     def run(self) -> None:
         conn = self.conn
         tc = time.monotonic()
+        conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         # JIT would compile code for every big count(*) (jit_above_cost): pure overhead here
         conn.execute("SELECT set_config('jit', 'off', true) WHERE current_setting('jit', true) IS NOT NULL")
         tables = catalog.user_tables(conn)
@@ -310,31 +308,6 @@ class _CatalogReader:
         self.prisma_table = catalog.prisma_table(conn) if self.prisma is not None else None
         self.seconds = time.monotonic() - tc
         manifest_validator()  # compiled now rather than after the archive is written
-
-    def _run_catching(self) -> None:
-        try:
-            self.run()
-        except BaseException as exc:
-            self._error = exc
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run_catching, name="exact-counts", daemon=True)
-        self._thread.start()
-
-    def join(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            raise self._error
-
-    def abandon(self) -> None:
-        """On failure elsewhere: stop a running read so the connection can be closed."""
-        if self._thread is not None:
-            with contextlib.suppress(Exception):
-                self.conn.cancel()
-            self._thread.join(timeout=30)
-            self._thread = None
 
 
 def run_backup(opts: BackupOptions, settings: Settings | None = None,
@@ -361,7 +334,6 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
 
         writer = plan.store.open_writer(plan.key)
         staging: Path | None = None
-        committed = False
         try:
             sink = _HashingSink(writer, plan.store.uri(plan.key), parallel_hash=plan.fmt == "directory-tar")
             args = _dump_args(dump, url, snapshot, plan)
@@ -393,10 +365,9 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
             pumper = threading.Thread(target=pump, name="pg_dump-pump", daemon=True)
             pumper.start()
 
+            # The counts run now, in the exported snapshot, while pg_dump dumps it.
             reader = _CatalogReader(conn)
-            if staging is None:
-                # The counts run now, in the exported snapshot, while pg_dump dumps it.
-                reader.run()
+            reader.run()
 
             pumper.join()
             returncode = proc.wait()
@@ -405,25 +376,13 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
             if returncode != 0:
                 raise tool_error("pg_dump", returncode, errors.text)
             if staging is not None:
-                # The counts run now, in the same snapshot, while the staged dump is packed.
-                reader.start()
                 _tar_directory(staging / "dump", sink)
-                sink.close()
-                writer.commit()
-                committed = True
-                reader.join()  # a failed read removes the committed archive below
-            else:
-                sink.close()
-                writer.commit()
+            sink.close()
+            writer.commit()
         except BaseException:
-            if "reader" in locals():
-                reader.abandon()
             if "sink" in locals():
                 sink.close()
             writer.abort()
-            if committed:
-                with contextlib.suppress(StoreError):
-                    plan.store.delete(plan.key)
             if "proc" in locals() and proc.poll() is None:
                 proc.kill()
             raise
