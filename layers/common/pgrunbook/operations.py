@@ -314,7 +314,7 @@ def restore(ev: RestoreEvent, settings: Settings) -> dict[str, Any]:
     from .restore import RestoreOptions, run_restore
 
     result = run_restore(RestoreOptions(file=ev.backup, target_url=target_url(ev.target), force=True,
-                                        jobs=ev.jobs, no_owner=True,
+                                        jobs=ev.jobs, skip_missing_roles=True,
                                         work_dir=os.environ.get("PGRUNBOOK_WORK_DIR") or None), settings)
     return result.to_dict()
 
