@@ -184,10 +184,13 @@ def _s3_error(exc: Exception, bucket: str, key: str = "") -> StoreError:
 
 
 class _MultipartWriter:
-    """Streams to S3: fills a part buffer, uploads it on a background thread (at most
-    `in_flight` parts buffered), completes on commit, aborts the upload on abort."""
+    """Streams to S3: fills a part buffer, uploads it on a background thread while the next one
+    fills (at most `in_flight` parts uploading, so memory is about (1 + in_flight) parts whatever
+    the archive's size), completes on commit, aborts the upload on abort."""
 
-    def __init__(self, store: S3Store, key: str, part_size: int, in_flight: int = 2) -> None:
+    MAX_PARTS = 10_000  # S3's limit
+
+    def __init__(self, store: S3Store, key: str, part_size: int, in_flight: int = 1) -> None:
         self.store, self.key, self.part_size = store, key, part_size
         self._buffer = bytearray()
         self._parts: list[Future[dict[str, Any]]] = []
@@ -201,7 +204,7 @@ class _MultipartWriter:
             raise _s3_error(exc, store.bucket, store.full_key(key)) from None
         self.upload_id: str | None = resp["UploadId"]
 
-    def _upload(self, number: int, data: bytes) -> dict[str, Any]:
+    def _upload(self, number: int, data: bytearray) -> dict[str, Any]:
         try:
             resp = self.store.s3.upload_part(Bucket=self.store.bucket, Key=self.store.full_key(self.key),
                                              UploadId=self.upload_id, PartNumber=number, Body=data)
@@ -210,9 +213,11 @@ class _MultipartWriter:
             self._slots.release()
 
     def _flush(self) -> None:
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        self._slots.acquire()
+        if len(self._parts) >= self.MAX_PARTS:
+            raise StoreError(f"the archive is larger than S3's {self.MAX_PARTS} parts of "
+                             f"{self.part_size // (1024 * 1024)} MB: raise PGRUNBOOK_MULTIPART_CHUNK_MB")
+        self._slots.acquire()  # wait for a free upload slot before taking the buffer: no extra copy
+        data, self._buffer = self._buffer, bytearray()
         self._parts.append(self._pool.submit(self._upload, len(self._parts) + 1, data))
 
     def write(self, data: bytes) -> None:
