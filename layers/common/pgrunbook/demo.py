@@ -79,7 +79,7 @@ def _describe(report: DemoReport, result: BackupResult) -> None:
     report.say(f"  prisma    {len(names)} applied migrations: {', '.join(names) or '-'}")
 
 
-def run_demo(workdir: Path, *, keep: bool = False) -> DemoReport:
+def run_demo(workdir: Path) -> DemoReport:
     report = DemoReport()
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -124,19 +124,12 @@ def run_demo(workdir: Path, *, keep: bool = False) -> DemoReport:
         for line in drill.text().splitlines():
             report.say("  " + line)
 
-        # Later stages (restore drill, state machines) hook in here.
-        extra_steps(report, workdir=workdir, prod=prod, app_url=app_url, backup=to_folder, settings=settings)
-
     report.say("")
     report.say("demo " + ("finished: every step verified" if report.ok else "FAILED: see the lines above"))
-    report.say(f"backups kept in {folder}" if keep or folder.exists() else "")
+    report.say(f"backups kept in {folder}")
     report.say(f"restore drill: {'VERIFIED' if drill.verified else 'FAILED'} ({drill.backup} restored and verified "
                f"in {drill.recovery_seconds + drill.timings.get('verify', 0.0):.1f}s)")
     if not report.ok:
         raise PgrunbookError("the demo found a failed verification")
     return report
 
-
-def extra_steps(report: DemoReport, **context: Any) -> None:
-    """Steps added by later stages (drill, state machines); none yet."""
-    return None
