@@ -56,6 +56,17 @@ def app_db(pg_server: LocalServer) -> Iterator[str]:
     yield from _sample_database(pg_server)
 
 
+@pytest.fixture()
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No URL or destination leaks in from the environment; CLI logging reset after main() runs."""
+    from tests.fixtures.restore_helpers import reset_cli_logging
+
+    for name in ("DATABASE_URL", "NEW_DATABASE_URL", "PGRUNBOOK_BACKUP_DEST"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    reset_cli_logging()
+
+
 AWS_TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

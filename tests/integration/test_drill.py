@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -14,17 +13,10 @@ from pgrunbook.cli import main
 from pgrunbook.drill import DrillOptions, run_drill
 from pgrunbook.localpg import LocalServer
 from pgrunbook.settings import Settings
-from tests.fixtures.restore_helpers import drop_db, reset_cli_logging
+from tests.fixtures.restore_helpers import drop_db
 
 SETTINGS = Settings.from_env({})
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("DATABASE_URL", "NEW_DATABASE_URL", "PGRUNBOOK_BACKUP_DEST"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    reset_cli_logging()
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def _drill_databases(server: LocalServer) -> list[str]:

@@ -28,19 +28,11 @@ from tests.fixtures.restore_helpers import (
     drop_db,
     fingerprints,
     new_db,
-    reset_cli_logging,
     user_relations,
 )
 
 SETTINGS = Settings.from_env({})
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("DATABASE_URL", "NEW_DATABASE_URL", "PGRUNBOOK_BACKUP_DEST"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    reset_cli_logging()
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def _backup(url: str, dest: Path, **kw: object) -> BackupResult:
