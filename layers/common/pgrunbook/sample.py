@@ -3,26 +3,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import uuid
-from typing import Any
-
 import psycopg
 
 from .catalog import connect
 from .dburl import DatabaseUrl
-
-PRISMA_TABLE_DDL = """
-CREATE TABLE IF NOT EXISTS "_prisma_migrations" (
-    "id"                    VARCHAR(36) PRIMARY KEY NOT NULL,
-    "checksum"              VARCHAR(64) NOT NULL,
-    "finished_at"           TIMESTAMPTZ,
-    "migration_name"        VARCHAR(255) NOT NULL,
-    "logs"                  TEXT,
-    "rolled_back_at"        TIMESTAMPTZ,
-    "started_at"            TIMESTAMPTZ NOT NULL DEFAULT now(),
-    "applied_steps_count"   INTEGER NOT NULL DEFAULT 0
-)"""
+from .migrations import history
+from .migrations.files import checksum
 
 SAMPLE_MIGRATIONS = {
     "20260101000000_init": """
@@ -61,10 +47,12 @@ def create_sample_database(server_url: str, dbname: str, *, users: int = 500, jo
         conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(dbname)))
     target = server.with_dbname(dbname)
     with connect(target, autocommit=False) as conn:
-        conn.execute(PRISMA_TABLE_DDL)
+        # recorded exactly as `pgrunbook migrate` (and Prisma) would have
+        history.create_table(conn)
         for name, script in SAMPLE_MIGRATIONS.items():
+            row_id = history.record_started(conn, name, checksum(script.encode()))
             conn.execute(script)
-            record_prisma_migration(conn, name, script)
+            history.record_finished(conn, row_id)
         conn.execute("""INSERT INTO "User"(email, name)
                         SELECT 'user' || g || '@example.com', 'User ' || g FROM generate_series(1, %s) g""",
                      (users,))
@@ -80,9 +68,3 @@ def create_sample_database(server_url: str, dbname: str, *, users: int = 500, jo
     user = dsn.get("user", "")
     return f"postgresql://{user}:{password}@{target.host}:{target.port}/{dbname}"
 
-
-def record_prisma_migration(conn: psycopg.Connection[Any], name: str, script: str) -> None:
-    conn.execute(
-        """INSERT INTO "_prisma_migrations"(id, checksum, finished_at, migration_name, started_at, applied_steps_count)
-           VALUES (%s, %s, now(), %s, now(), 1)""",
-        (str(uuid.uuid4()), hashlib.sha256(script.encode()).hexdigest(), name))
