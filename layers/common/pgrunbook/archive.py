@@ -11,6 +11,7 @@ import hashlib
 import subprocess
 import tarfile
 import tempfile
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -143,8 +144,6 @@ def _list_custom(reader: HashingReader, pg_restore: Tool) -> tuple[int, str, str
                             stderr=subprocess.PIPE, env=tool_env())
     assert proc.stdin is not None
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        import threading
-
         def drain(src: IO[bytes] | None, dst: IO[bytes]) -> None:
             assert src is not None
             for chunk in iter(lambda: src.read(CHUNK), b""):

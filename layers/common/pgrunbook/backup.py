@@ -304,8 +304,8 @@ class _CatalogReader:
         self.seqs = catalog.sequences(conn)
         self.exts = catalog.extensions(conn)
         self.roles = catalog.roles_used(conn)
-        self.prisma = catalog.prisma_migrations(conn)
-        self.prisma_table = catalog.prisma_table(conn) if self.prisma is not None else None
+        self.prisma_table = catalog.prisma_table(conn)
+        self.prisma = catalog.prisma_migrations(conn, self.prisma_table) if self.prisma_table else None
         self.seconds = time.monotonic() - tc
         manifest_validator()  # compiled now rather than after the archive is written
 

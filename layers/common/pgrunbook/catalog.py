@@ -154,17 +154,15 @@ def roles_used(conn: psycopg.Connection[Any]) -> list[str]:
 
 def prisma_table(conn: psycopg.Connection[Any]) -> str | None:
     """Schema-qualified name of the _prisma_migrations table on the search path, if any."""
-    row = conn.execute("SELECT to_regclass('_prisma_migrations')::text").fetchone()
-    if not row or row[0] is None:
-        return None
     found = conn.execute("""SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                             WHERE c.oid = to_regclass('_prisma_migrations')""").fetchone()
     return f"{found[0]}._prisma_migrations" if found else None
 
 
-def prisma_migrations(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:
-    """Rows of _prisma_migrations in started order, or None when the table does not exist."""
-    table = prisma_table(conn)
+def prisma_migrations(conn: psycopg.Connection[Any], table: str | None = None) -> list[dict[str, Any]] | None:
+    """Rows of _prisma_migrations (`table`, or the one prisma_table finds) in started order,
+    or None when the table does not exist."""
+    table = table or prisma_table(conn)
     if table is None:
         return None
     schema = table.split(".", 1)[0]
