@@ -52,7 +52,7 @@ NOCOUNT_SHIM = """
 import sys
 import pgrunbook.catalog as catalog
 def _zero_counts(conn, tables, *args, **kwargs):
-    return {catalog.qualified(s, n): 0 for s, n in tables}
+    return {t: 0 for t in tables}
 catalog.exact_counts = _zero_counts
 from pgrunbook.cli import main
 sys.exit(main(sys.argv[1:]))

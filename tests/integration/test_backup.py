@@ -18,6 +18,7 @@ import pytest
 
 from pgrunbook import aws
 from pgrunbook.backup import BackupOptions, run_backup
+from pgrunbook.manifest import Manifest
 from pgrunbook.pgtools import find_tool
 from pgrunbook.settings import Settings
 from tests.conftest import cli_env, run_cli
@@ -65,12 +66,12 @@ def test_backup_to_folder_writes_archive_sha256_and_manifest(sample_db: str, tmp
     assert Path(f"{archive}.sha256").read_text() == f"{digest}  {archive.name}\n"
     manifest = json.loads(Path(out["manifest"]).read_text())
     assert manifest["archive"]["sha256"] == digest and manifest["archive"]["bytes"] == archive.stat().st_size
-    assert manifest["tables"] == {"public.Job": 600, "public.SecurityEvent": 1000, "public.User": 200,
-                                  "public._prisma_migrations": 2}
+    assert Manifest(manifest).tables == {"public.Job": 600, "public.SecurityEvent": 1000, "public.User": 200,
+                                         "public._prisma_migrations": 2}
     assert out["rows"] == 1802 and out["tables"] == 4
     assert [m["name"] for m in manifest["prisma"]["migrations"]] == ["20260101000000_init",
                                                                      "20260115000000_security_events"]
-    assert manifest["sequences"]["public.User_id_seq"] == 200
+    assert Manifest(manifest).sequences["public.User_id_seq"] == 200
     assert manifest["kind"] == "scheduled"
     assert manifest["source"]["system_identifier"]
     # and no password anywhere in what was written or printed
@@ -188,7 +189,7 @@ def test_counts_in_the_manifest_equal_the_rows_in_the_archive_under_concurrent_w
     assert after > before, "the writer must have written during the backup"
     # Then the manifest's counts are exactly the rows the archive holds
     archived = _rows_in_archive(Path(result.archive))
-    manifest = result.manifest_data["tables"]
+    manifest = Manifest(result.manifest_data).tables
     assert manifest == {"public.events": archived["public.events"], "public.audit": archived["public.audit"]}
     # and they are a snapshot: the live table has moved on since
     with psycopg.connect(fresh_db) as conn:

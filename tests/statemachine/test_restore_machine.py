@@ -60,8 +60,8 @@ def test_drill_with_failed_verification_notifies_and_tears_down(cloud: LocalClou
     # the manifest says one more user than the archive holds: verification must catch it
     key = backup["manifest"][len(f"s3://{cloud.bucket}/"):]
     manifest = json.loads(aws.client("s3").get_object(Bucket=cloud.bucket, Key=key)["Body"].read())
-    table = next(t for t in manifest["tables"] if t.endswith('"User"') or t.endswith(".User"))
-    manifest["tables"][table] += 1
+    table = next(t for t in manifest["tables"] if t["name"] == "User")
+    table["rows"] += 1
     aws.client("s3").put_object(Bucket=cloud.bucket, Key=key, Body=json.dumps(manifest).encode())
 
     ex = cloud.run("RestoreStateMachine", {"database": "app", "backup": backup["archive"], "mode": "drill"})

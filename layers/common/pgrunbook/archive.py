@@ -2,12 +2,19 @@
 hashing, and prove its table of contents reads (`pg_restore --list`).
 
 Used by `verify-backup`, `list`, and by restore before any byte reaches a target.
+
+Invariant: a `pg_restore --list` line is read by its fields (dump id, catalog table OID, object
+OID), never by splitting names on spaces: pg_restore prints a name as is (a newline in it as a
+space), so "s x y owner" has many readings. A manifest's table is found in the archive by its
+OID (version 2); only a version 1 manifest, which has no OIDs, is matched by name, trying
+every reading of the line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import subprocess
 import tarfile
 import tempfile
@@ -18,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .catalog import legacy_name
 from .errors import PgrunbookError, StoreError, UsageError
 from .manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest, parse_sha256_file
 from .pgtools import Tool, find_tool, tool_env, tool_error
@@ -119,7 +127,7 @@ class Check:
 class ArchiveReport:
     uri: str
     checks: list[Check] = field(default_factory=list)
-    toc: list[str] = field(default_factory=list)
+    toc: list[TocEntry] = field(default_factory=list)
     sha256: str = ""
     bytes: int = 0
 
@@ -191,8 +199,8 @@ def _list_directory_tar(reader: HashingReader, pg_restore: Tool) -> tuple[int, s
         reader.drain()
         if not found_toc:
             return 1, "", "the archive holds no toc.dat"
-        proc = subprocess.run([str(pg_restore.path), "--list", tmp], capture_output=True, text=True, env=tool_env())
-        return proc.returncode, proc.stdout, proc.stderr
+        proc = subprocess.run([str(pg_restore.path), "--list", tmp], capture_output=True, env=tool_env())
+        return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
 
 
 def _check_plain(reader: HashingReader, gz: bool) -> tuple[bool, str]:
@@ -219,16 +227,86 @@ def _check_plain(reader: HashingReader, gz: bool) -> tuple[bool, str]:
     return True, "plain SQL script reads to its end"
 
 
-def table_data_entries(toc: list[str]) -> set[str]:
-    """schema.table of every TABLE DATA entry in a `pg_restore --list` output."""
-    found = set()
-    for line in toc:
-        if line.startswith(";") or " TABLE DATA " not in line:
-            continue
-        rest = line.split(" TABLE DATA ", 1)[1].rsplit(" ", 1)[0]  # drop the owner
-        schema, _, name = rest.partition(" ")
-        found.add(f"{schema}.{name}")
-    return found
+PG_EXTENSION_OID = 3079  # pg_extension's OID in every PostgreSQL: the catalog of EXTENSION entries
+_TOC_LINE = re.compile(r"(\d+); (\d+) (\d+) (.*)")
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    """One entry of `pg_restore --list`: `<dump id>; <catalog table OID> <object OID> <desc> <schema>
+    <name> <owner>`. The numbers are exact; `text` (desc, schema, name, owner joined by spaces, with
+    newlines inside names printed as spaces) is kept whole because names may hold spaces."""
+
+    dump_id: int
+    tableoid: int
+    oid: int
+    text: str
+
+    @property
+    def is_table_data(self) -> bool:
+        """A table's rows; `oid` is then the table's OID in the source database."""
+        return self.tableoid == 0 and self.text.startswith("TABLE DATA ")
+
+    @property
+    def is_extension(self) -> bool:
+        return self.tableoid == PG_EXTENSION_OID and self.text.startswith("EXTENSION - ")
+
+    @property
+    def extension_name(self) -> str:
+        """An EXTENSION entry's name (pg_dump gives it no schema and an empty owner: `EXTENSION - name `)."""
+        rest = self.text.removeprefix("EXTENSION - ")
+        return rest[:-1] if rest.endswith(" ") else rest.rsplit(" ", 1)[0]
+
+
+def parse_toc(listing: str) -> list[TocEntry]:
+    """The entries of a `pg_restore --list` output (comment lines skipped). Lines end at LF only: a name
+    may hold other characters str.splitlines() would break at (form feed, U+2028, ...)."""
+    entries = []
+    for line in listing.split("\n"):
+        match = _TOC_LINE.fullmatch(line)
+        if match:
+            entries.append(TocEntry(int(match[1]), int(match[2]), int(match[3]), match[4]))
+    return entries
+
+
+def toc_printed(name: str) -> str:
+    """A name as `pg_restore --list` prints it (CR and LF as spaces)."""
+    return name.replace("\n", " ").replace("\r", " ")
+
+
+def toc_extensions(entries: list[TocEntry]) -> set[str]:
+    """Extensions the archive creates (plpgsql, always present, left out)."""
+    return {e.extension_name for e in entries if e.is_extension} - {"plpgsql"}
+
+
+def toc_owners(entries: list[TocEntry], roles: list[str]) -> set[str]:
+    """Which of `roles` own an entry, read from the printed owner field at the end of each line (for a
+    version 1 manifest, which did not record owners; may over-count when one role's name ends another's)."""
+    tails = {e.text for e in entries if not e.text.startswith("DATABASE ")}
+    return {r for r in roles if any(t.endswith(" " + toc_printed(r)) for t in tails)}
+
+
+def _legacy_keys(entry: TocEntry) -> set[str]:
+    """Every "schema.name" a TABLE DATA line can mean: `TABLE DATA <schema> <name> <owner>` split at any
+    two of its spaces."""
+    rest = entry.text.removeprefix("TABLE DATA ")
+    spaces = [i for i, c in enumerate(rest) if c == " "]
+    return {legacy_name(rest[:i], rest[i + 1:j]) for n, i in enumerate(spaces) for j in spaces[n + 1:]}
+
+
+def table_data_count(entries: list[TocEntry]) -> int:
+    return sum(1 for e in entries if e.is_table_data)
+
+
+def missing_table_data(manifest: Manifest, entries: list[TocEntry]) -> list[str]:
+    """Tables of the manifest (its keys, sorted) that have no TABLE DATA entry in the archive."""
+    data = [e for e in entries if e.is_table_data]
+    oids = manifest.table_oids
+    if oids is not None:
+        present = {e.oid for e in data}
+        return sorted(key for oid, key in oids.items() if oid not in present)
+    readings = set().union(*(_legacy_keys(e) for e in data)) if data else set()
+    return sorted(key for key in manifest.tables if toc_printed(key) not in readings)
 
 
 def verify_archive(ref: ArchiveRef, *, require_sha256: bool = True) -> ArchiveReport:
@@ -273,11 +351,11 @@ def verify_archive(ref: ArchiveRef, *, require_sha256: bool = True) -> ArchiveRe
         reason = str(tool_error("pg_restore", rc, err)).removeprefix("pg_restore failed: ")
         report.add("table of contents", False, reason)
     else:
-        report.toc = [ln for ln in out.splitlines() if ln and not ln.startswith(";")]
+        report.toc = parse_toc(out)
         detail = f"{len(report.toc)} entries"
         ok = True
         if manifest is not None:
-            missing = sorted(set(manifest.tables) - table_data_entries(report.toc))
+            missing = missing_table_data(manifest, report.toc)
             if missing:
                 ok, detail = False, f"tables in the manifest without data in the archive: {', '.join(missing[:5])}"
         report.add("table of contents", ok, detail)

@@ -38,6 +38,7 @@ from .dburl import DatabaseUrl
 from .errors import PgrunbookError, StoreError, ToolError, UsageError
 from .manifest import MANIFEST_SUFFIX, MANIFEST_VERSION, SHA256_SUFFIX, Manifest, sha256_line
 from .manifest import _validator as manifest_validator
+from .manifest import contents as manifest_contents
 from .pgtools import StderrTail, Tool, find_tool, tool_env, tool_error
 from .settings import COMPRESSIONS, KINDS, Settings
 from .store import LocalStore, ObjectWriter, Store, open_store
@@ -285,10 +286,12 @@ class _CatalogReader:
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
-        self.counts: dict[str, int] = {}
-        self.seqs: dict[str, int | None] = {}
+        self.counts: dict[catalog.TableRef, int] = {}
+        self.seqs: dict[tuple[str, str], int | None] = {}
         self.exts: dict[str, str] = {}
         self.roles: list[str] = []
+        self.owners: list[str] = []
+        self.prisma_schema: str | None = None
         self.prisma: list[dict[str, Any]] | None = None
         self.prisma_table: str | None = None
         self.seconds = 0.0
@@ -304,8 +307,10 @@ class _CatalogReader:
         self.seqs = catalog.sequences(conn)
         self.exts = catalog.extensions(conn)
         self.roles = catalog.roles_used(conn)
+        self.owners = catalog.owner_roles(conn)
+        self.prisma_schema = catalog.prisma_schema(conn)
         self.prisma_table = catalog.prisma_table(conn)
-        self.prisma = catalog.prisma_migrations(conn, self.prisma_table) if self.prisma_table else None
+        self.prisma = catalog.prisma_migrations(conn, self.prisma_schema) if self.prisma_schema is not None else None
         self.seconds = time.monotonic() - tc
         manifest_validator()  # compiled now rather than after the archive is written
 
@@ -406,17 +411,17 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
         "source": {"url": url.display(), "host": url.host, "port": url.port, "database": identity.database,
                    "server_version": identity.server_version, "server_version_num": identity.server_version_num,
                    "system_identifier": identity.system_identifier, "encoding": identity.encoding,
-                   "database_size_bytes": identity.database_size_bytes, "extensions": exts, "roles": roles},
+                   "database_size_bytes": identity.database_size_bytes, "extensions": exts, "roles": roles,
+                   "owners": reader.owners, "server_port": identity.port, "server_started_at": identity.started_at},
         "snapshot": snapshot,
         "started_at": started.isoformat(),
         "finished_at": finished.isoformat(),
         "seconds": round(seconds, 3),
         "app_version": opts.app_version,
         "tools": {"pg_dump": dump.version, "pgrunbook": __version__},
-        "tables": counts,
-        "totals": {"tables": len(counts), "rows": sum(counts.values())},
-        "sequences": seqs,
-        "prisma": None if prisma is None else {"table": prisma_table, "migrations": prisma},
+        **manifest_contents(counts, seqs),
+        "prisma": None if prisma is None else {"schema": reader.prisma_schema, "table": prisma_table,
+                                               "migrations": prisma},
     })
     sha_key, manifest_key = plan.key + SHA256_SUFFIX, plan.key + MANIFEST_SUFFIX
     try:

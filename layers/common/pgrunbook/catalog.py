@@ -3,12 +3,23 @@ sequences, extensions, roles, Prisma migration state.
 
 Everything here runs inside whatever transaction the caller holds, so the backup reads
 it all in the exported snapshot that pg_dump dumps.
+
+Invariants:
+- Names are data, never parsed: every name Postgres accepts (dots, quotes, spaces, newlines,
+  unicode, 63 bytes) is carried as separate schema and name strings (plus the table's OID),
+  and reaches SQL only through `psycopg.sql.Identifier`.
+- `display_name` / `ident` render names for people and for report keys: one line, and
+  injective (two different names never render alike), so they may key a dict.
+- Which server a database lives on is decided by `same_database` from what the servers say
+  about themselves (system_identifier, their own port, postmaster start), never from how a URL
+  spells its host.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -62,16 +73,71 @@ class ServerIdentity:
     database: str
     encoding: str
     database_size_bytes: int
+    port: int | None = None  # the server's own `port` setting (not the URL's: proxies and sockets differ)
+    started_at: str | None = None  # pg_postmaster_start_time() as epoch seconds (text, microseconds)
 
     @property
     def major(self) -> int:
         return self.server_version_num // 10000
 
+    def database_identity(self) -> DatabaseIdentity:
+        """This database as observed now (for `same_database`)."""
+        return DatabaseIdentity(database=self.database, system_identifier=self.system_identifier,
+                                port=self.port, started_at=self.started_at, live=True)
+
+
+@dataclass(frozen=True)
+class DatabaseIdentity:
+    """Which database on which server, as the server reports it.
+
+    `live`: observed now on a connection (then a different `started_at` proves a different
+    postmaster); False for an identity recorded earlier (a manifest's source), whose server may
+    have restarted since."""
+
+    database: str
+    system_identifier: str | None = None
+    port: int | None = None
+    started_at: str | None = None
+    live: bool = False
+
+    @classmethod
+    def recorded(cls, source: dict[str, Any]) -> DatabaseIdentity:
+        """The source recorded in a manifest. Version 1 manifests recorded the URL's port, which a
+        proxy or socket may spell differently from the server's own: only `server_port` is trusted."""
+        port = source.get("server_port")
+        return cls(database=str(source.get("database") or ""), system_identifier=source.get("system_identifier"),
+                   port=int(port) if port is not None else None, started_at=source.get("server_started_at"), live=False)
+
+
+def same_database(a: DatabaseIdentity, b: DatabaseIdentity) -> bool | None:
+    """True when a and b are the same database of the same server; False when they are not; None
+    when the servers did not say enough to tell (no system_identifier, no comparable start time).
+
+    Host spellings (localhost, 127.0.0.1, a socket path, a DNS alias) play no part: the server's
+    system_identifier, its own port and the database name decide; a replica or copy of a cluster
+    shares the identifier, so the port tells copies on one host apart, and two live servers with
+    different postmaster start times are different servers."""
+    if a.database != b.database:
+        return False
+    if a.port is not None and b.port is not None and a.port != b.port:
+        return False
+    if a.system_identifier and b.system_identifier and a.system_identifier != b.system_identifier:
+        return False
+    if a.started_at and b.started_at:
+        if a.started_at == b.started_at:
+            return True
+        if a.live and b.live:
+            return False
+    if a.system_identifier and b.system_identifier:
+        return True
+    return None
+
 
 def server_identity(conn: psycopg.Connection[Any]) -> ServerIdentity:
     row = conn.execute(
         "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
-        "current_database(), pg_encoding_to_char(encoding), pg_database_size(current_database()) "
+        "current_database(), pg_encoding_to_char(encoding), pg_database_size(current_database()), "
+        "current_setting('port')::int, extract(epoch FROM pg_postmaster_start_time())::text "
         "FROM pg_database WHERE datname = current_database()").fetchone()
     assert row is not None
     sysid: str | None
@@ -83,49 +149,90 @@ def server_identity(conn: psycopg.Connection[Any]) -> ServerIdentity:
         sysid = None
     return ServerIdentity(server_version=str(row[0]).split()[0], server_version_num=int(row[1]),
                           system_identifier=sysid, database=str(row[2]), encoding=str(row[3]),
-                          database_size_bytes=int(row[4]))
+                          database_size_bytes=int(row[4]), port=int(row[5]), started_at=str(row[6]))
 
 
-def user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+# --------------------------------------------------------------------------- names for people
+_PLAIN_NAME = re.compile(r"[\w$]+")
+
+
+def ident(name: str) -> str:
+    """A name as people read it: as is when it is only letters, digits, `_` and `$`; otherwise in
+    double quotes (inner quotes doubled), and in `U&"..."` form (SQL's Unicode escapes) when it holds
+    a character that does not print (newline, tab, ...). Always one line; never the same text for
+    two different names."""
+    if _PLAIN_NAME.fullmatch(name):
+        return name
+    if name.isprintable():
+        return '"' + name.replace('"', '""') + '"'
+    out = []
+    for ch in name:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('""')
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) <= 0xFFFF:
+            out.append(f"\\{ord(ch):04X}")
+        else:
+            out.append(f"\\+{ord(ch):06X}")
+    return 'U&"' + "".join(out) + '"'
+
+
+def display_name(schema: str, name: str) -> str:
+    """schema.name for people and report keys (see `ident`): public.User, "s.x".y, s."x.y"."""
+    return f"{ident(schema)}.{ident(name)}"
+
+
+def legacy_name(schema: str, name: str) -> str:
+    """The version 1 manifest key, "schema.name" joined as is (ambiguous: kept to read old manifests)."""
+    return f"{schema}.{name}"
+
+
+# --------------------------------------------------------------------------- contents
+class TableRef(NamedTuple):
+    schema: str
+    name: str
+    oid: int  # pg_class OID: pg_dump's TABLE DATA entry for the table carries it
+
+
+def user_tables(conn: psycopg.Connection[Any]) -> list[TableRef]:
     """Tables whose rows pg_dump dumps: ordinary tables (partitions included, parents not),
     outside system schemas, not owned by an extension. Sorted by schema, name."""
     rows = conn.execute(f"""
-        SELECT n.nspname, c.relname
+        SELECT n.nspname, c.relname, c.oid::bigint
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND {USER_SCHEMAS}
           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
                           AND d.objid = c.oid AND d.deptype = 'e')
         ORDER BY 1, 2""").fetchall()
-    return [(str(s), str(t)) for s, t in rows]
+    return [TableRef(str(s), str(t), int(o)) for s, t, o in rows]
 
 
-def exact_counts(conn: psycopg.Connection[Any], tables: list[tuple[str, str]],
-                 batch: int = 200) -> dict[str, int]:
+def exact_counts(conn: psycopg.Connection[Any], tables: list[TableRef],
+                 batch: int = 200) -> dict[TableRef, int]:
     """count(*) of every table, in batches of UNION ALL (one round trip per batch)."""
-    counts: dict[str, int] = {}
+    counts: dict[TableRef, int] = {}
     for start in range(0, len(tables), batch):
         part = tables[start:start + batch]
         query = sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT {i}, count(*) FROM {t}").format(i=sql.Literal(i), t=sql.Identifier(s, n))
-            for i, (s, n) in enumerate(part))
+            sql.SQL("SELECT {i}, count(*) FROM {t}").format(i=sql.Literal(i), t=sql.Identifier(t.schema, t.name))
+            for i, t in enumerate(part))
         for index, count in conn.execute(query).fetchall():
-            schema, name = part[int(index)]
-            counts[qualified(schema, name)] = int(count)
+            counts[part[int(index)]] = int(count)
     return counts
 
 
-def qualified(schema: str, name: str) -> str:
-    return f"{schema}.{name}"
-
-
-def sequences(conn: psycopg.Connection[Any]) -> dict[str, int | None]:
+def sequences(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], int | None]:
+    """(schema, name) -> last_value (None: never used, or not readable) of every user sequence."""
     rows = conn.execute(f"""
         SELECT n.nspname, c.relname, s.last_value
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pg_sequences s ON s.schemaname = n.nspname AND s.sequencename = c.relname
         WHERE c.relkind = 'S' AND {USER_SCHEMAS}
         ORDER BY 1, 2""").fetchall()
-    return {qualified(str(s), str(n)): (int(v) if v is not None else None) for s, n, v in rows}
+    return {(str(s), str(n)): (int(v) if v is not None else None) for s, n, v in rows}
 
 
 def extensions(conn: psycopg.Connection[Any]) -> dict[str, str]:
@@ -133,18 +240,55 @@ def extensions(conn: psycopg.Connection[Any]) -> dict[str, str]:
     return {str(n): str(v) for n, v in rows.fetchall()}
 
 
+# Every object pg_dump dumps with an owner or a grant list: (owner, acl, classid, objid). Extension members
+# are left out (pg_dump dumps the extension, not its members), and so is the owner of the public schema when
+# it is the default pg_database_owner (pg_dump writes no ALTER SCHEMA public OWNER for it).
+_OWNED_OBJECTS = f"""
+    SELECT c.relowner AS owner, c.relacl AS acl, 'pg_class'::regclass AS classid, c.oid AS objid
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_SCHEMAS}
+    UNION ALL SELECT CASE WHEN n.nspname = 'public' AND n.nspowner =
+                               (SELECT oid FROM pg_roles WHERE rolname = 'pg_database_owner') THEN NULL
+                          ELSE n.nspowner END, n.nspacl, 'pg_namespace'::regclass, n.oid
+      FROM pg_namespace n WHERE {USER_SCHEMAS}
+    UNION ALL SELECT p.proowner, p.proacl, 'pg_proc'::regclass, p.oid
+      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMAS}
+    UNION ALL SELECT t.typowner, t.typacl, 'pg_type'::regclass, t.oid
+      FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {USER_SCHEMAS}
+    UNION ALL SELECT x.collowner, NULL, 'pg_collation'::regclass, x.oid
+      FROM pg_collation x JOIN pg_namespace n ON n.oid = x.collnamespace WHERE {USER_SCHEMAS}
+    UNION ALL SELECT x.conowner, NULL, 'pg_conversion'::regclass, x.oid
+      FROM pg_conversion x JOIN pg_namespace n ON n.oid = x.connamespace WHERE {USER_SCHEMAS}
+    UNION ALL SELECT x.oprowner, NULL, 'pg_operator'::regclass, x.oid
+      FROM pg_operator x JOIN pg_namespace n ON n.oid = x.oprnamespace WHERE {USER_SCHEMAS}
+    UNION ALL SELECT x.opcowner, NULL, 'pg_opclass'::regclass, x.oid
+      FROM pg_opclass x JOIN pg_namespace n ON n.oid = x.opcnamespace WHERE {USER_SCHEMAS}
+    UNION ALL SELECT x.opfowner, NULL, 'pg_opfamily'::regclass, x.oid
+      FROM pg_opfamily x JOIN pg_namespace n ON n.oid = x.opfnamespace WHERE {USER_SCHEMAS}
+    UNION ALL SELECT x.cfgowner, NULL, 'pg_ts_config'::regclass, x.oid
+      FROM pg_ts_config x JOIN pg_namespace n ON n.oid = x.cfgnamespace WHERE {USER_SCHEMAS}
+    UNION ALL SELECT x.dictowner, NULL, 'pg_ts_dict'::regclass, x.oid
+      FROM pg_ts_dict x JOIN pg_namespace n ON n.oid = x.dictnamespace WHERE {USER_SCHEMAS}
+    UNION ALL SELECT x.stxowner, NULL, 'pg_statistic_ext'::regclass, x.oid
+      FROM pg_statistic_ext x JOIN pg_namespace n ON n.oid = x.stxnamespace WHERE {USER_SCHEMAS}
+    UNION ALL SELECT x.lomowner, x.lomacl, 'pg_largeobject'::regclass, x.oid FROM pg_largeobject_metadata x
+    UNION ALL SELECT x.fdwowner, x.fdwacl, 'pg_foreign_data_wrapper'::regclass, x.oid FROM pg_foreign_data_wrapper x
+    UNION ALL SELECT x.srvowner, x.srvacl, 'pg_foreign_server'::regclass, x.oid FROM pg_foreign_server x
+    UNION ALL SELECT x.evtowner, NULL, 'pg_event_trigger'::regclass, x.oid FROM pg_event_trigger x
+    UNION ALL SELECT x.pubowner, NULL, 'pg_publication'::regclass, x.oid FROM pg_publication x
+    UNION ALL SELECT x.lanowner, x.lanacl, 'pg_language'::regclass, x.oid FROM pg_language x WHERE x.lanispl
+    UNION ALL SELECT x.defaclrole, x.defaclacl, 'pg_default_acl'::regclass, x.oid FROM pg_default_acl x
+"""
+_DUMPED_OBJECTS = f"""
+    SELECT o.owner, o.acl FROM ({_OWNED_OBJECTS}) o
+    WHERE NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = o.classid AND d.objid = o.objid
+                      AND d.deptype = 'e')
+"""
+
+
 def roles_used(conn: psycopg.Connection[Any]) -> list[str]:
-    """Roles that own or are granted something in the user schemas (restore needs them)."""
+    """Roles that own or are granted something pg_dump dumps (restore needs them on the target)."""
     rows = conn.execute(f"""
-        WITH objs AS (
-            SELECT c.relowner AS owner, c.relacl AS acl FROM pg_class c
-              JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_SCHEMAS}
-            UNION ALL SELECT n.nspowner, n.nspacl FROM pg_namespace n WHERE {USER_SCHEMAS}
-            UNION ALL SELECT p.proowner, p.proacl FROM pg_proc p
-              JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMAS}
-            UNION ALL SELECT t.typowner, t.typacl FROM pg_type t
-              JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {USER_SCHEMAS}
-        ), ids AS (
+        WITH objs AS ({_DUMPED_OBJECTS}), ids AS (
             SELECT owner AS id FROM objs
             UNION SELECT (aclexplode(acl)).grantee FROM objs WHERE acl IS NOT NULL
         )
@@ -152,20 +296,34 @@ def roles_used(conn: psycopg.Connection[Any]) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
+def owner_roles(conn: psycopg.Connection[Any]) -> list[str]:
+    """Roles that own something pg_dump dumps: pg_restore gives each object back to its owner (ALTER ...
+    OWNER TO), which the restoring role may do only for roles it can become."""
+    rows = conn.execute(f"""
+        SELECT DISTINCT r.rolname FROM ({_DUMPED_OBJECTS}) o JOIN pg_roles r ON r.oid = o.owner
+        ORDER BY 1""").fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def prisma_table(conn: psycopg.Connection[Any]) -> str | None:
-    """Schema-qualified name of the _prisma_migrations table on the search path, if any."""
+    """Schema-qualified name (`display_name`) of the _prisma_migrations table on the search path, if any."""
+    schema = prisma_schema(conn)
+    return display_name(schema, "_prisma_migrations") if schema is not None else None
+
+
+def prisma_schema(conn: psycopg.Connection[Any]) -> str | None:
+    """Schema of the _prisma_migrations table on the search path, if any."""
     found = conn.execute("""SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                             WHERE c.oid = to_regclass('_prisma_migrations')""").fetchone()
-    return f"{found[0]}._prisma_migrations" if found else None
+    return str(found[0]) if found else None
 
 
-def prisma_migrations(conn: psycopg.Connection[Any], table: str | None = None) -> list[dict[str, Any]] | None:
-    """Rows of _prisma_migrations (`table`, or the one prisma_table finds) in started order,
+def prisma_migrations(conn: psycopg.Connection[Any], schema: str | None = None) -> list[dict[str, Any]] | None:
+    """Rows of _prisma_migrations in `schema` (default: the one on the search path) in started order,
     or None when the table does not exist."""
-    table = table or prisma_table(conn)
-    if table is None:
+    schema = schema if schema is not None else prisma_schema(conn)
+    if schema is None:
         return None
-    schema = table.split(".", 1)[0]
     rows = conn.execute(sql.SQL(
         "SELECT migration_name, checksum, started_at, finished_at, rolled_back_at, applied_steps_count "
         "FROM {} ORDER BY started_at, migration_name").format(sql.Identifier(schema, "_prisma_migrations"))

@@ -22,6 +22,7 @@ from .catalog_list import list_backups
 from .drill import local_drill
 from .errors import PgrunbookError
 from .localpg import LocalServer, free_port
+from .manifest import Manifest
 from .sample import create_sample_database
 from .settings import Settings
 
@@ -72,7 +73,7 @@ def _describe(report: DemoReport, result: BackupResult) -> None:
     report.say(f"  size      {result.bytes} bytes, {result.format}, {data['archive']['compression']}, "
                f"{result.seconds:.2f}s")
     report.say(f"  contents  {result.tables} tables, {result.rows} rows, counted in the dump's own snapshot:")
-    for table, rows in data["tables"].items():
+    for table, rows in Manifest(data).tables.items():
         report.say(f"              {table:<36} {rows:>8}")
     prisma = data.get("prisma") or {}
     names = [m["name"] for m in prisma.get("migrations", [])]

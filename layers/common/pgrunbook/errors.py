@@ -33,3 +33,13 @@ class ChecksumMismatch(PgrunbookError):
 
 class ConnectionFailed(PgrunbookError):
     """Could not connect to a database server."""
+
+
+class TargetRefused(PgrunbookError):
+    """A restore guard refused the target (the source itself, $DATABASE_URL, not empty, too old, lacking
+    roles or extensions): nothing was written to it."""
+
+
+class PrivilegeRefused(TargetRefused):
+    """The restoring role lacks a privilege the archive needs (becoming an owner role, creating an
+    extension): refused before anything was created."""

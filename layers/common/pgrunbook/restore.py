@@ -41,9 +41,21 @@ import psycopg
 from psycopg import sql
 
 from . import catalog
-from .archive import CHUNK, PLAIN_HEADER, PLAIN_TRAILER, ArchiveRef, HashingReader, table_data_entries
+from .archive import (
+    CHUNK,
+    PLAIN_HEADER,
+    PLAIN_TRAILER,
+    ArchiveRef,
+    HashingReader,
+    TocEntry,
+    missing_table_data,
+    parse_toc,
+    table_data_count,
+    toc_extensions,
+    toc_owners,
+)
 from .dburl import DatabaseUrl, mask_secrets
-from .errors import ChecksumMismatch, PgrunbookError, StoreError, UsageError
+from .errors import ChecksumMismatch, PgrunbookError, PrivilegeRefused, StoreError, TargetRefused, UsageError
 from .manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest
 from .pgtools import StderrTail, Tool, find_tool, tool_env
 from .settings import Settings
@@ -170,10 +182,8 @@ class _Needs:
     source_major: int | None = None
     extensions: set[str] = field(default_factory=set)
     roles: set[str] = field(default_factory=set)
-    system_identifier: str | None = None
-    database: str | None = None
-    source_host: str | None = None
-    source_port: str | None = None
+    owners: set[str] | None = None  # roles owning objects (None: not known yet, e.g. a version 1 manifest)
+    source: catalog.DatabaseIdentity | None = None  # the backup's source database
 
 
 def _needs_of(manifest: Manifest | None) -> _Needs:
@@ -183,10 +193,10 @@ def _needs_of(manifest: Manifest | None) -> _Needs:
     src = manifest.source
     needs.source_major = int(src["server_version_num"]) // 10000
     needs.extensions = set(src.get("extensions") or {})
-    needs.roles = set(src.get("roles") or [])
-    needs.system_identifier = src.get("system_identifier")
-    needs.database = src.get("database")
-    needs.source_host, needs.source_port = src.get("host"), src.get("port")
+    needs.roles = set(manifest.roles)
+    owners = manifest.owners
+    needs.owners = None if owners is None else set(owners)
+    needs.source = catalog.DatabaseIdentity.recorded(src)
     return needs
 
 
@@ -198,23 +208,47 @@ class _TargetInfo:
     roles: set[str]
     current_user: str
     session_extras: dict[str, str] = field(default_factory=dict)
+    objects: list[str] = field(default_factory=list)  # user objects already there (up to 6)
+    superuser: bool = False
+    can_become: set[str] = field(default_factory=set)  # roles current_user may SET ROLE to and act as
+    can_create_in_database: bool = False
+    extension_needs_superuser: dict[str, bool] = field(default_factory=dict)  # name -> superuser, default version
+    extension_trusted: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class _Verdict:
+    """What _check_target allowed with --no-owner (or skip_missing_roles) and what it could not decide."""
+
+    missing_roles: list[str] = field(default_factory=list)
+    foreign_owners: list[str] = field(default_factory=list)  # owner roles the restoring role cannot become
+    warnings: list[str] = field(default_factory=list)
 
 
 def _inspect_target(url: DatabaseUrl) -> _TargetInfo:
     with catalog.connect(url, autocommit=True, application="pgrunbook-restore") as conn:
         identity = catalog.server_identity(conn)
         objects = target_objects(conn)
-        if objects:
-            raise PgrunbookError(
-                f"the target {url.display()} is not empty ({', '.join(objects[:5])}"
-                f"{', ...' if len(objects) > 5 else ''}): restore only into a new, empty database")
         available = {str(r[0]) for r in conn.execute("SELECT name FROM pg_available_extensions").fetchall()}
         installed = {str(r[0]) for r in conn.execute("SELECT extname FROM pg_extension").fetchall()}
         roles = {str(r[0]) for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
-        user_row = conn.execute("SELECT current_user").fetchone()
+        # ALTER ... OWNER TO r needs SET ROLE r (PostgreSQL 16+; membership before); the objects pg_restore
+        # then adds to r's objects (indexes, constraints, grants) need r's privileges (USAGE)
+        set_option = "AND pg_has_role(current_user, r.oid, 'SET')" if identity.server_version_num >= 160000 else ""
+        become = {str(r[0]) for r in conn.execute(
+            f"SELECT r.rolname FROM pg_roles r WHERE pg_has_role(current_user, r.oid, 'USAGE') {set_option}"
+        ).fetchall()}
+        me = conn.execute("SELECT current_user, rolsuper, has_database_privilege(current_database(), 'CREATE') "
+                          "FROM pg_roles WHERE rolname = current_user").fetchone()
+        ext_rows = conn.execute("""
+            SELECT e.name, v.superuser, v.trusted FROM pg_available_extensions e
+            JOIN pg_available_extension_versions v ON v.name = e.name AND v.version = e.default_version""").fetchall()
         extra = _session_extras(conn)
     return _TargetInfo(identity=identity, available_extensions=available, installed_extensions=installed,
-                       roles=roles, current_user=str(user_row[0]) if user_row else "", session_extras=extra)
+                       roles=roles, current_user=str(me[0]) if me else "", session_extras=extra, objects=objects,
+                       superuser=bool(me and me[1]), can_become=become, can_create_in_database=bool(me and me[2]),
+                       extension_needs_superuser={str(n): bool(s) for n, s, _ in ext_rows},
+                       extension_trusted={str(n): bool(t) for n, _, t in ext_rows})
 
 
 def _session_extras(conn: psycopg.Connection[Any]) -> dict[str, str]:
@@ -229,34 +263,107 @@ def _session_extras(conn: psycopg.Connection[Any]) -> dict[str, str]:
     return {}
 
 
-def _check_target(url: DatabaseUrl, info: _TargetInfo, needs: _Needs, no_owner: bool) -> list[str]:
-    """Raise when the target cannot take the archive; return the roles missing (with --no-owner)."""
+def _names(roles: list[str]) -> str:
+    return ", ".join(catalog.ident(r) for r in roles)
+
+
+def _check_target(url: DatabaseUrl, info: _TargetInfo, needs: _Needs, allow_no_owner: bool,
+                  production: catalog.DatabaseIdentity | None = None) -> _Verdict:
+    """Raise TargetRefused when the target cannot take the archive; return what `allow_no_owner`
+    (--no-owner, or skip_missing_roles) lets through: missing roles and owner roles the restoring
+    role cannot become. Identity first (production, the backup's source), then emptiness, version,
+    extensions (present, and creatable by this role), roles and ownership."""
+    verdict = _Verdict()
     ident = info.identity
-    if needs.database is not None:
-        same_system = (needs.system_identifier is not None and ident.system_identifier is not None
-                       and needs.system_identifier == ident.system_identifier)
-        same_endpoint = (needs.system_identifier is None or ident.system_identifier is None) and (
-            needs.source_host == url.host and str(needs.source_port) == url.port)
-        if (same_system or same_endpoint) and needs.database == ident.database:
-            raise PgrunbookError(
-                f"the target {url.display()} is the backup's source database ({needs.database} on the server with "
-                f"system_identifier {ident.system_identifier}): restore into a new database instead")
+    here = ident.database_identity()
+    if production is not None and catalog.same_database(production, here):
+        raise TargetRefused(f"the target {url.display()} is $DATABASE_URL (production): "
+                            "restore into a new database and cut over instead")
+    if needs.source is not None:
+        same = catalog.same_database(needs.source, here)
+        if same:
+            raise TargetRefused(
+                f"the target {url.display()} is the backup's source database ({catalog.ident(ident.database)} on "
+                f"the server with system_identifier {ident.system_identifier}, port {ident.port}): "
+                "restore into a new database instead")
+        if same is None:
+            verdict.warnings.append(
+                "could not tell whether the target is the backup's source database (the system_identifier of one "
+                "of the servers is not readable); the target is empty, so nothing is overwritten")
+    if info.objects:
+        raise TargetRefused(
+            f"the target {url.display()} is not empty ({', '.join(info.objects[:5])}"
+            f"{', ...' if len(info.objects) > 5 else ''}): restore only into a new, empty database")
     if needs.source_major is not None and ident.major < needs.source_major:
-        raise PgrunbookError(
+        raise TargetRefused(
             f"the target server runs PostgreSQL {ident.server_version}, older than the backup's source "
             f"(PostgreSQL {needs.source_major}): restore into a server of version {needs.source_major} or newer")
     missing_ext = sorted(needs.extensions - info.available_extensions - info.installed_extensions)
     if missing_ext:
-        raise PgrunbookError(
+        raise TargetRefused(
             f"the target server lacks extension{'s' if len(missing_ext) > 1 else ''} the backup uses: "
             f"{', '.join(missing_ext)} (install {'them' if len(missing_ext) > 1 else 'it'} on the server first)")
+    if not info.superuser:
+        to_create = sorted(needs.extensions - info.installed_extensions)
+        privileged = [e for e in to_create if info.extension_needs_superuser.get(e)]
+        untrusted = [e for e in privileged if not info.extension_trusted.get(e)]
+        no_create = [e for e in privileged if info.extension_trusted.get(e) and not info.can_create_in_database]
+        if untrusted or no_create:
+            user = catalog.ident(info.current_user)
+            reasons = [f"{', '.join(untrusted)}: only a superuser may create"] if untrusted else []
+            if no_create:
+                reasons.append(f"{', '.join(no_create)}: needs CREATE on the database, which {user} lacks")
+            raise PrivilegeRefused(
+                f"the restoring role {user} cannot create extension{'s' if len(untrusted + no_create) > 1 else ''} "
+                f"the backup uses ({'; '.join(reasons)}): have a superuser run CREATE EXTENSION "
+                f"{', '.join(untrusted + no_create)} in the target database first, or restore as a superuser")
     missing_roles = sorted(needs.roles - info.roles)
-    if missing_roles and not no_owner:
-        raise PgrunbookError(
-            f"the target server lacks role{'s' if len(missing_roles) > 1 else ''} {', '.join(missing_roles)} that "
+    if missing_roles and not allow_no_owner:
+        raise TargetRefused(
+            f"the target server lacks role{'s' if len(missing_roles) > 1 else ''} {_names(missing_roles)} that "
             "own or are granted objects in the backup: create them first, or pass --no-owner to restore without "
             "ownership and grants")
-    return missing_roles
+    verdict.missing_roles = missing_roles
+    if needs.owners is not None and not info.superuser:
+        foreign = sorted(r for r in needs.owners if r in info.roles and r not in info.can_become)
+        if foreign and not allow_no_owner:
+            user, many = catalog.ident(info.current_user), len(foreign) > 1
+            raise PrivilegeRefused(
+                f"the restoring role {user} cannot act as role{'s' if many else ''} {_names(foreign)} that "
+                f"own{'' if many else 's'} objects in the backup: pass --no-owner to restore with {user} owning "
+                f"everything, or grant {'them' if many else 'it'} to {user} first "
+                f"(GRANT {_names(foreign)} TO {user})")
+        verdict.foreign_owners = foreign
+    return verdict
+
+
+def _foreign_owners(verdict: _Verdict, no_owner: bool, info: _TargetInfo, result: RestoreResult) -> bool:
+    """With skip_missing_roles, owner roles the restoring role cannot become are restored as with
+    --no-owner (said in a warning); returns whether the load runs without ownership."""
+    if verdict.foreign_owners and not no_owner:
+        msg = (f"the restoring role {catalog.ident(info.current_user)} cannot act as "
+               f"{_names(verdict.foreign_owners)}; restoring without ownership (--no-owner)")
+        log.warning(msg)
+        result.warnings.append(msg)
+        return True
+    return no_owner
+
+
+def _production_identity(settings: Settings, result: RestoreResult) -> catalog.DatabaseIdentity | None:
+    """$DATABASE_URL's database as its server identifies it (None when unset or unreachable: said in a
+    warning; the target must still be empty)."""
+    if not settings.database_url:
+        return None
+    prod = DatabaseUrl.parse(settings.database_url, what="DATABASE_URL")
+    try:
+        with catalog.connect(prod, autocommit=True, application="pgrunbook-restore", connect_timeout=5) as conn:
+            return catalog.server_identity(conn).database_identity()
+    except (PgrunbookError, psycopg.Error) as exc:
+        msg = (f"could not reach $DATABASE_URL to make sure the target is not production "
+               f"({mask_secrets(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)})")
+        log.warning(msg)
+        result.warnings.append(msg)
+        return None
 
 
 # --------------------------------------------------------------------------- fetching the archive
@@ -338,22 +445,14 @@ def _scan_plain(path: Path, gz: bool) -> tuple[int | None, set[str]]:
     return (int(match[1]) if match else None), exts
 
 
-def _toc_of(pg_restore: Tool, path: Path) -> list[str]:
-    proc = subprocess.run([str(pg_restore.path), "--list", str(path)], capture_output=True, text=True,
+def _toc_of(pg_restore: Tool, path: Path) -> list[TocEntry]:
+    proc = subprocess.run([str(pg_restore.path), "--list", str(path)], capture_output=True,
                           env=tool_env(), stdin=subprocess.DEVNULL)
+    stderr = proc.stderr.decode("utf-8", "replace")
     if proc.returncode != 0:
-        detail = next((ln for ln in proc.stderr.splitlines() if "error" in ln.lower()), proc.stderr.strip())
+        detail = next((ln for ln in stderr.splitlines() if "error" in ln.lower()), stderr.strip())
         raise PgrunbookError(f"the archive does not read: {detail.removeprefix('pg_restore: error: ')}")
-    return [ln for ln in proc.stdout.splitlines() if ln and not ln.startswith(";")]
-
-
-def toc_extensions(toc: list[str]) -> set[str]:
-    found = set()
-    for line in toc:
-        if " EXTENSION - " in line:
-            found.add(line.split(" EXTENSION - ", 1)[1].split()[0])
-    found.discard("plpgsql")
-    return found
+    return parse_toc(proc.stdout.decode("utf-8", "replace"))
 
 
 def _fetch(ref: ArchiveRef, fmt: str, work: Path) -> _Fetched:
@@ -571,11 +670,6 @@ def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> Resto
                          "the target (it must be a new, empty database)")
     if opts.jobs is not None and opts.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    if settings.database_url:
-        prod = DatabaseUrl.parse(settings.database_url, what="DATABASE_URL")
-        if prod.same_target(target):
-            raise PgrunbookError(f"the target {target.display()} is $DATABASE_URL (production): "
-                                 "restore into a new database and cut over instead")
 
     if not ref.store.exists(ref.key):
         raise StoreError(f"{ref.uri} not found")
@@ -596,16 +690,23 @@ def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> Resto
         raise PgrunbookError(f"{ref.uri}{MANIFEST_SUFFIX} is missing: the backup did not finish; "
                              "refusing to restore it")
 
+    production = _production_identity(settings, result)
     needs = _needs_of(manifest)
     info = _inspect_target(target)
-    missing_roles = _check_target(target, info, needs, opts.no_owner or opts.skip_missing_roles)
+    allow_no_owner = opts.no_owner or opts.skip_missing_roles
+    verdict = _check_target(target, info, needs, allow_no_owner, production)
+    missing_roles = verdict.missing_roles
     no_owner = opts.no_owner or bool(missing_roles)
     result.missing_roles = missing_roles
+    for msg in verdict.warnings:
+        log.warning(msg)
+        result.warnings.append(msg)
     if missing_roles:
-        msg = (f"roles missing on the target: {', '.join(missing_roles)}; restoring without ownership and "
+        msg = (f"roles missing on the target: {_names(missing_roles)}; restoring without ownership and "
                "without grants (--no-owner)")
         log.warning(msg)
         result.warnings.append(msg)
+    no_owner = _foreign_owners(verdict, no_owner, info, result)
     no_acl = bool(missing_roles)
     if runbook_file and opts.no_owner:
         no_acl = True  # a runbook file does not say which roles its grants need
@@ -635,12 +736,14 @@ def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> Resto
         else:
             toc = _toc_of(pg_tool, fetched.path)
             if manifest is not None:
-                missing = sorted(set(manifest.tables) - table_data_entries(toc))
+                missing = missing_table_data(manifest, toc)
                 if missing:
                     raise PgrunbookError(f"the archive lacks data for tables in its manifest: {', '.join(missing[:5])}")
-            result.tables = len(table_data_entries(toc))
-            extra = _Needs(extensions=toc_extensions(toc))
-        _check_target(target, info, extra, True)
+            result.tables = table_data_count(toc)
+            # a version 1 manifest recorded no owners: read them from the archive's entries
+            owners = toc_owners(toc, manifest.roles) if manifest is not None and manifest.owners is None else None
+            extra = _Needs(extensions=toc_extensions(toc), owners=owners)
+        no_owner = _foreign_owners(_check_target(target, info, extra, allow_no_owner), no_owner, info, result)
         result.download_seconds = time.monotonic() - td
 
         # 2. still empty? then mark and load

@@ -162,9 +162,17 @@ def _db_checks(report: VerifyReport, url: DatabaseUrl, manifest: Manifest | None
 
 
 def _manifest_checks(report: VerifyReport, conn: psycopg.Connection[Any], manifest: Manifest) -> None:
+    # both sides keyed by manifest.key(schema, name): unambiguous names (version 2), the old text (version 1)
     expected = manifest.tables
-    present = catalog.user_tables(conn)
-    actual = catalog.exact_counts(conn, present)
+    counted = catalog.exact_counts(conn, catalog.user_tables(conn))
+    actual = {manifest.key(t.schema, t.name): count for t, count in counted.items()}
+    if len(actual) < len(counted):  # version 1 keys: "s.x".y and s."x.y" both read "s.x.y"
+        keys = [manifest.key(t.schema, t.name) for t in counted]
+        for key in sorted({k for k in keys if keys.count(k) > 1}):
+            report.add(f"rows {key}", expected.get(key, "no such table"), f"{keys.count(key)} tables of this name",
+                       False, "the version 1 manifest cannot tell these tables apart")
+            expected.pop(key, None)
+            actual.pop(key)
     for table in sorted(expected):
         if table not in actual:
             report.add(f"rows {table}", expected[table], "table missing", False)
@@ -174,7 +182,7 @@ def _manifest_checks(report: VerifyReport, conn: psycopg.Connection[Any], manife
                        f"{table}: expected {expected[table]} rows, found {actual[table]}")
     for table in sorted(set(actual) - set(expected)):
         report.add(f"rows {table}", "no such table", actual[table], False, "a table the backup did not have")
-    seqs = catalog.sequences(conn)
+    seqs = {manifest.key(schema, name): value for (schema, name), value in catalog.sequences(conn).items()}
     for name, value in sorted(manifest.sequences.items()):
         if name not in seqs:
             report.add(f"sequence {name}", f">= {value}", "sequence missing", False)
