@@ -4,6 +4,11 @@ order, plus `migration_lock.toml` (provider = "postgresql").
 Checksums are Prisma's: the lowercase hex sha256 of the file's bytes. When comparing with a
 recorded checksum we accept what Prisma accepts: the same script with CRLF or LF line endings,
 and the non-zero-padded hex that old Prisma versions wrote (prisma-engines issue 1887).
+
+A script is UTF-8 text without a byte-order mark: PostgreSQL (and so Prisma) fails on a BOM
+(a syntax error at its first statement) and on bytes that are not UTF-8. `encoding_problem` says
+what is wrong (the lint gate reports it as a finding naming the file); the bytes are never
+changed, so checksums stay Prisma's.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from ..errors import UsageError
 
 SCRIPT_NAME = "migration.sql"
+UTF8_BOM = b"\xef\xbb\xbf"
 LOCK_FILE = "migration_lock.toml"
 CHECKSUM_LEN = 64
 
@@ -80,6 +86,15 @@ def is_transaction_control(stmt: Statement) -> bool:
     return bool(_TRANSACTION_CONTROL.search(stmt.bare)) and not stmt.bare.upper().startswith("BEGIN ATOMIC")
 
 
+def run_mode_of(statements: list[Statement]) -> str:
+    """'transaction' (the whole script in one transaction) or 'no-transaction' (statement by
+    statement, autocommit): when a statement cannot run in a transaction block, or the script
+    manages its own transactions."""
+    if any(needs_no_transaction(s) or is_transaction_control(s) for s in statements):
+        return "no-transaction"
+    return "transaction"
+
+
 @dataclass(frozen=True)
 class Migration:
     name: str
@@ -94,20 +109,27 @@ class Migration:
     def script(self) -> str:
         try:
             return self.data.decode("utf-8")
+        except UnicodeDecodeError:
+            problem = self.encoding_problem()
+            raise UsageError(f"{self.path} {problem[1] if problem else 'is not UTF-8'}") from None
+
+    def encoding_problem(self) -> tuple[int, str] | None:
+        """(line, what is wrong) when the file is not UTF-8 text without a byte-order mark, else None."""
+        try:
+            self.data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise UsageError(f"{self.path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            line = self.data.count(b"\n", 0, exc.start) + 1
+            return line, f"is not valid UTF-8 ({exc.reason} at byte {exc.start}, line {line})"
+        if self.data.startswith(UTF8_BOM):
+            return 1, "starts with a UTF-8 byte-order mark (BOM): PostgreSQL and Prisma fail on it"
+        return None
 
     def statements(self) -> list[Statement]:
         return split_statements(self.script)
 
     def run_mode(self) -> str:
-        """'transaction' (the whole script in one transaction) or 'no-transaction' (statement by
-        statement, autocommit): when a statement cannot run in a transaction block, or the
-        script manages its own transactions."""
-        stmts = self.statements()
-        if any(needs_no_transaction(s) or is_transaction_control(s) for s in stmts):
-            return "no-transaction"
-        return "transaction"
+        """See run_mode_of."""
+        return run_mode_of(self.statements())
 
 
 def read_migrations(directory: str | Path) -> list[Migration]:

@@ -10,6 +10,11 @@ Two sources, merged per statement:
   stored generated columns), renames of types, enum values, views and schemas, and unbatched
   whole-table backfills.
 
+A migration.sql that is not UTF-8 text without a byte-order mark is an error finding
+(`file-encoding`, naming the file; not ignorable): PostgreSQL and Prisma fail on it. After a BOM
+the other checks still run (on the text after it); bytes that are not UTF-8 stop the checks of
+that file (squawk is not run on it either).
+
 Severity "error" = locks or rewrites a table the application uses, or breaks running code:
 `--lint strict` blocks on it, `--lint warn` reports it. "warning" = advice, never blocks.
 Statements on tables created in the same migration are exempt (nobody uses them yet).
@@ -32,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .files import Migration, Statement, needs_no_transaction
+from .files import UTF8_BOM, Migration, Statement, needs_no_transaction, run_mode_of, split_statements
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +95,9 @@ RULES: dict[str, tuple[str, str]] = {
         "warning", "backfill in bounded batches (WHERE id BETWEEN ...) from a job or separate migrations, so "
                    "row locks and WAL stay small"),
     "drop-database": ("error", "never drop a database from a migration"),
+    "file-encoding": (
+        "error", "save migration.sql as UTF-8 without a byte-order mark (most editors: \"UTF-8\", not \"UTF-8 with "
+                 "BOM\"); the file is not applied yet, so rewriting it changes no recorded checksum"),
 }
 
 # squawk rule -> pgrunbook rule it corresponds to (same finding, merged) or None (squawk-only, severity error)
@@ -134,8 +142,9 @@ class Finding:
                 "statement": self.statement, "message": self.message, "fix": self.fix, "sources": self.sources}
 
     def text(self) -> str:
+        statement = f"        statement: {self.statement}\n" if self.statement else ""
         return (f"{self.severity.upper():7} {self.migration}:{self.line} [{', '.join(self.sources)}] {self.message}\n"
-                f"        statement: {self.statement}\n        fix: {self.fix}")
+                f"{statement}        fix: {self.fix}")
 
 
 @dataclass
@@ -376,7 +385,9 @@ def run_squawk(binary: str, migration: Migration, *, in_transaction: bool, pg_ve
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
     text = proc.stdout.strip()
     if proc.returncode not in (0, 1) or not text.startswith("["):
-        raise UsageError(f"squawk failed on {migration.path}: {(proc.stderr or proc.stdout).strip()[:300]}")
+        # its first line: squawk prints a Rust backtrace after the message
+        first = next((ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()), "no output")
+        raise UsageError(f"squawk failed on {migration.path}: {first[:300]}")
     data = json.loads(text)
     return [d for d in data if isinstance(d, dict)]
 
@@ -416,9 +427,17 @@ def lint_migrations(migrations: list[Migration], mode: str = "strict", *, use_sq
         report.notes.append("squawk is not installed here: only pgrunbook's own checks ran")
     created: set[str] = set()  # by the pending migrations so far: not in the database yet, nobody uses them
     for migration in migrations:
-        statements = migration.statements()
+        problem = migration.encoding_problem()
+        if problem is not None:
+            line, what = problem
+            report.findings.append(Finding(migration.name, "file-encoding", RULES["file-encoding"][0], line, "",
+                                           f"{migration.path} {what}", RULES["file-encoding"][1],
+                                           ["pgrunbook:file-encoding"]))
+            if not migration.data.startswith(UTF8_BOM):
+                continue  # not text: nothing else can be checked (squawk fails on it too)
+        statements = split_statements(migration.data.removeprefix(UTF8_BOM).decode("utf-8"))
         new_here = created | created_tables(statements)
-        in_tx = migration.run_mode() == "transaction"
+        in_tx = run_mode_of(statements) == "transaction"
         file_directives = [d for s in statements for d in s.directives if "-ignore-file" in d.split()[0]]
         merged: dict[tuple[int, str], Finding] = {}
         for st, rule, message in own_findings(migration, statements, server_major, created):
