@@ -1,13 +1,26 @@
 """Database URLs: parse once, mask for display, hand the password to tools via environment.
 
 libpq accepts both URIs (postgresql://user:pw@host/db?sslmode=require) and key=value strings;
-psycopg's conninfo helpers parse both the way libpq does.
+psycopg's conninfo helpers parse both the way libpq does. Every form libpq takes is accepted
+(a unix-socket directory as host: `postgresql://u@/app?host=/run/pg`, `postgresql://u@%2Frun%2Fpg/app`,
+`host=/run/pg user=u dbname=app`; several hosts: `postgresql://u@h1,h2/app`).
+
+Secrets: the stack keeps a database's credentials in an RDS-style secret
+({"username", "password", "host", "port", "dbname"}). `to_secret` and `from_secret` are the ONE
+writer and reader of that shape: host is whatever libpq takes as host (a name, an address, a
+socket directory, a comma list), port an int (a string for a comma list of ports). Invariant:
+`from_secret(to_secret(u))` names the same connection target as `u` (host, port, user, password,
+database), whatever the form `u` was written in.
 """
 
 from __future__ import annotations
 
+import getpass
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -65,6 +78,51 @@ class DatabaseUrl:
     def conninfo(self) -> str:
         """libpq conninfo WITHOUT the password: safe for argv (the password goes in env)."""
         return make_conninfo("", **self.params)
+
+    def secret_conninfo(self) -> str:
+        """libpq conninfo WITH the password: only for a process's own connection string (never argv,
+        logs or messages)."""
+        return make_conninfo("", **self.connect_kwargs())
+
+    def to_secret(self) -> dict[str, Any]:
+        """This target as an RDS-style secret. What libpq would take from the environment or the
+        OS (PGHOST, PGPORT, PGUSER, the login name) is resolved here, so the secret names the same
+        target wherever it is read; a URL without any host (libpq's compiled-in socket directory,
+        which differs between builds) is refused."""
+        host = self.params.get("host") or self.params.get("hostaddr") or os.environ.get("PGHOST")
+        if not host:
+            raise UsageError(f"{self.display()} names no host: give it (a server, or a socket directory "
+                             "such as ?host=/var/run/postgresql)")
+        user = self.params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+        port: int | str | None = self.params.get("port") or os.environ.get("PGPORT")
+        if isinstance(port, str) and port.isdigit():
+            port = int(port)
+        secret: dict[str, Any] = {"engine": "postgres", "username": user, "password": self.password,
+                                  "host": host, "dbname": self.dbname}
+        if port is not None:
+            secret["port"] = port
+        return secret
+
+    @classmethod
+    def from_secret(cls, secret: Mapping[str, Any], *, host: str | None = None, port: int | str | None = None,
+                    dbname: str | None = None, sslmode: str | None = None) -> DatabaseUrl:
+        """The target an RDS-style secret names; explicit values win over the secret's. The caller
+        checks that a host and a user are known (their absence means a misconfigured stack)."""
+        params: dict[str, str] = {}
+        host = host or secret.get("host")
+        port = port or secret.get("port")
+        user = secret.get("username") or secret.get("user")
+        dbname = dbname or secret.get("dbname")
+        for key, value in (("host", host), ("port", port), ("user", user), ("dbname", dbname),
+                           ("sslmode", sslmode)):
+            if value not in (None, ""):
+                params[key] = str(value)
+        if "port" in params and not re.fullmatch(r"\d*(,\d*)*", params["port"]):
+            raise UsageError(f"port {params['port']!r} is not a port number")
+        if "dbname" not in params:
+            raise UsageError("no database name (dbname) given")
+        password = secret.get("password")
+        return cls(params=params, password=None if password is None else str(password))
 
     def connect_kwargs(self) -> dict[str, str]:
         kwargs = dict(self.params)

@@ -4,7 +4,10 @@
   credentials come from Secrets Manager (an RDS-managed secret holds username/password; a
   rotation-style secret may also hold host/port/dbname), never from plain environment values;
 - per-database CloudWatch metrics (Embedded Metric Format through powertools);
-- Lambda's error shape, so every shell reports a failure the way Step Functions matches it.
+- Lambda's error shape, so every shell reports a failure the way Step Functions matches it, and the
+  one place that turns any failure into what people read: the error's class and ONE line, secrets
+  masked, never a stack trace (error_line for an exception, describe_failure for a Catch's
+  {"Error", "Cause"}; see "errors" below).
 
 Configuration (environment of the functions, set by template.yaml):
   PGRUNBOOK_DATABASES  [{"name": "app", "secret_arn": "arn:...", "host": "...", "port": 5432,
@@ -15,13 +18,14 @@ Configuration (environment of the functions, set by template.yaml):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from . import aws
 from .errors import PgrunbookError, UsageError
@@ -50,6 +54,13 @@ class DatabaseConfig:
     port: int | None = None
     dbname: str | None = None
     sslmode: str | None = None
+    # restore targets of kind "database" on this server are created, loaded and dropped with this secret
+    # (a role with CREATEDB), so the backup itself can use a read-only role; default: secret_arn
+    target_secret_arn: str | None = None
+    # the RDS DB instance (or Aurora cluster) whose PITR window the hourly metrics watch; default: the
+    # first label of an RDS endpoint host (<id>.xxxx.<region>.rds.amazonaws.com)
+    rds_instance: str | None = None
+    rds_cluster: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DatabaseConfig:
@@ -60,7 +71,14 @@ class DatabaseConfig:
         port = data.get("port")
         return cls(name=name, secret_arn=secret, host=data.get("host") or None,
                    port=int(port) if port not in (None, "") else None,
-                   dbname=data.get("dbname") or None, sslmode=data.get("sslmode") or None)
+                   dbname=data.get("dbname") or None, sslmode=data.get("sslmode") or None,
+                   target_secret_arn=data.get("target_secret_arn") or None,
+                   rds_instance=data.get("rds_instance") or None, rds_cluster=data.get("rds_cluster") or None)
+
+    @property
+    def target_secret(self) -> str:
+        """The secret that creates restore targets on this server (see target_secret_arn)."""
+        return self.target_secret_arn or self.secret_arn
 
     @property
     def database(self) -> str:
@@ -121,17 +139,21 @@ def read_secret(secret_arn: str) -> dict[str, Any]:
 
 def secret_url(secret_arn: str, *, host: str | None = None, port: int | None = None, dbname: str | None = None,
                sslmode: str | None = None) -> str:
-    """A libpq URL built from a secret (username, password[, host, port, dbname]); explicit values win."""
+    """A libpq connection string built from a secret (username, password[, host, port, dbname]);
+    explicit values win. Any host libpq takes works (a socket directory, a comma list): the secret
+    is read by DatabaseUrl.from_secret, the one reader of its shape."""
+    from .dburl import DatabaseUrl
+
     secret = read_secret(secret_arn)
-    host = host or secret.get("host")
-    dbname = dbname or secret.get("dbname") or "postgres"
-    port = port or (int(secret["port"]) if secret.get("port") else 5432)
-    user = secret.get("username") or secret.get("user")
-    if not host or not user:
+    if not (host or secret.get("host")) or not (secret.get("username") or secret.get("user")):
         raise ConfigError(f"secret {secret_arn}: no host/username (set them in {DATABASES_ENV} or the secret)")
     mode = sslmode or os.environ.get("PGRUNBOOK_SSLMODE") or "require"
-    return (f"postgresql://{quote(str(user), safe='')}:{quote(str(secret['password']), safe='')}"
-            f"@{host}:{port}/{quote(dbname, safe='')}?sslmode={mode}")
+    try:
+        url = DatabaseUrl.from_secret(secret, host=host, port=port, dbname=dbname or secret.get("dbname") or "postgres",
+                                      sslmode=mode)
+    except UsageError as exc:
+        raise ConfigError(f"secret {secret_arn}: {exc}") from None
+    return url.secret_conninfo()
 
 
 def database_url(db: DatabaseConfig) -> str:
@@ -153,7 +175,9 @@ def emit_metrics(metrics: Any, database: str | None, values: Mapping[str, tuple[
 
     namespace = getattr(metrics, "namespace", None) or os.environ.get("POWERTOOLS_METRICS_NAMESPACE") \
         or METRICS_NAMESPACE
-    blob = EphemeralMetrics(namespace=namespace)
+    # service="": no `service` dimension (powertools adds POWERTOOLS_SERVICE_NAME as one by default), so
+    # the dimensions are exactly these and the alarms in template.yaml address the metrics they watch
+    blob = EphemeralMetrics(namespace=namespace, service="")
     if database is not None:
         blob.add_dimension(name="Database", value=database)
     for name, (value, unit) in values.items():
@@ -174,12 +198,14 @@ class Powertools:
 
     def handler(self, *, log_event: bool = True) -> Callable[[Handler], Handler]:
         """Decorate a lambda_handler: Lambda context in the logs (and the event, unless it may carry
-        secrets), an X-Ray segment without the response, metrics flushed at the end."""
+        secrets), an X-Ray segment without the response, metrics flushed at the end, and errors
+        that leave it as one line (one_line_errors)."""
 
         def wrap(fn: Handler) -> Handler:
             fn = self.metrics.log_metrics(raise_on_empty_metrics=False)(fn)
             fn = self.tracer.capture_lambda_handler(capture_response=False)(fn)
-            return self.logger.inject_lambda_context(log_event=log_event)(fn)  # type: ignore[no-any-return]
+            fn = self.logger.inject_lambda_context(log_event=log_event)(fn)
+            return one_line_errors(fn, self.logger)  # what leaves the handler: one line (trace logged)
 
         return wrap
 
@@ -222,14 +248,118 @@ class LocalContext:
 
 
 # --------------------------------------------------------------------------- errors
+# What reaches people (a notification, an execution's cause, a report) is the error's class and ONE
+# line: secrets masked, never a stack trace. The trace stays in the function's log. The path:
+#   handler raises -> one_line_errors (errorType = class name, errorMessage = error_line(exc), trace
+#   logged) -> Lambda's error body {errorType, errorMessage, stackTrace} (on AWS the runtime always
+#   adds stackTrace) -> a Catch's {"Error", "Cause": that body as JSON} -> describe_failure (the report
+#   function's `describe-error`, `restore-report`, `backup-summary`) -> SNS / the Fail state's cause.
+ONE_LINE_LIMIT = 600
+_TRACEBACK_HEAD = re.compile(r"^\s*Traceback \(most recent call last\)")
+_TRACEBACK_FRAME = re.compile(r'^\s*File ".*", line \d+')
+_CHAINED = re.compile(r"^\s*(During handling of the above exception|The above exception was the direct cause)")
+
+
+def one_line(text: str, *, first_only: bool = False, limit: int = ONE_LINE_LIMIT) -> str:
+    """`text` for people as one line: secrets masked, any Python traceback left out (its final
+    `Class: message` line kept), the lines joined (or only the first), at most `limit` characters."""
+    from .dburl import mask_secrets
+
+    kept: list[str] = []
+    in_trace = False
+    for raw in mask_secrets(text).splitlines():
+        line = " ".join(raw.split())
+        if _TRACEBACK_HEAD.match(raw) or _CHAINED.match(raw):
+            in_trace = True
+            continue
+        if _TRACEBACK_FRAME.match(raw) or (in_trace and (raw[:1].isspace() or not line)):
+            continue
+        in_trace = False
+        if line:
+            kept.append(line)
+    out = (kept[:1] if first_only else kept)
+    joined = " ".join(out)
+    return joined if len(joined) <= limit else joined[: limit - 1] + "\u2026"
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an exception: a PgrunbookError's message (written for operators) on one line;
+    any other exception's first line (an unexpected error: the rest is in the log)."""
+    return one_line(str(exc), first_only=not isinstance(exc, PgrunbookError)) or "no message (see the function's log)"
+
+
+def describe_failure(error: Any) -> tuple[str, str]:
+    """(error name, one line) of a Step Functions error as a Catch stores it, {"Error", "Cause"}.
+
+    The Cause may be Lambda's error body as JSON (its errorMessage is used; the stackTrace stays in the
+    execution history and the function's log), an ECS task description (runTask.sync: its stopped
+    reason), or plain text (a Pass state, Step Functions' own errors)."""
+    if not isinstance(error, Mapping):
+        return "Error", one_line(str(error)) if error else "no details"
+    name = one_line(str(error.get("Error") or "Error"), first_only=True)
+    cause = error.get("Cause")
+    body: Any = cause
+    if isinstance(cause, str):
+        try:
+            body = json.loads(cause)
+        except ValueError:
+            body = cause
+    if isinstance(body, Mapping) and ("errorMessage" in body or "errorType" in body):
+        message = one_line(str(body.get("errorMessage") or ""), first_only=True)
+    elif isinstance(body, Mapping) and ("StoppedReason" in body or "Containers" in body):
+        containers = [c for c in body.get("Containers") or [] if isinstance(c, Mapping)]
+        details = [f"container {c.get('Name')}: exit code {c.get('ExitCode')}" + (f" ({c['Reason']})" if c.get("Reason")
+                                                                                  else "") for c in containers]
+        message = one_line("; ".join([f"task stopped: {body.get('StoppedReason') or 'no reason given'}", *details]))
+    elif isinstance(body, Mapping | list):
+        message = one_line(json.dumps(body, default=str))
+    elif isinstance(body, str):
+        message = one_line(body)
+    else:
+        message = one_line(str(body)) if body is not None else ""
+    return name, message or "no details"
+
+
+def described_error(error: Any) -> dict[str, str]:
+    """{"Error", "Cause"} with Cause as one line: what a state machine puts in notifications and Fail
+    states (the `describe-error` action of the report function and of the migrate function)."""
+    name, line = describe_failure(error)
+    return {"Error": name, "Cause": line}
+
+
 def error_type(exc: BaseException) -> str:
     """The errorType Lambda reports for an unhandled exception: the class name."""
     return type(exc).__name__
 
 
 def error_payload(exc: BaseException) -> dict[str, Any]:
-    """Lambda's body for an unhandled exception ({errorType, errorMessage, stackTrace})."""
+    """Lambda's body for an unhandled exception ({errorType, errorMessage, stackTrace}), as the
+    runtime writes it on AWS (the local runner and the Fargate task write the same); errorMessage
+    is error_line(exc)."""
     from .dburl import mask_secrets
 
-    return {"errorType": error_type(exc), "errorMessage": mask_secrets(str(exc)),
+    return {"errorType": error_type(exc), "errorMessage": error_line(exc),
             "stackTrace": [mask_secrets(line) for line in traceback.format_tb(exc.__traceback__)][-5:]}
+
+
+def one_line_errors(fn: Handler, logger: Any) -> Handler:
+    """Wrap a handler so that an exception leaving it carries one masked line: the same class name
+    (Lambda's errorType, which Retry/Catch match) with error_line(exc) as its message. The full
+    trace, masked, is logged first (the function's log is where it belongs)."""
+
+    @functools.wraps(fn)
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        try:
+            return fn(event, context)
+        except Exception as exc:
+            from .dburl import mask_secrets
+
+            line = error_line(exc)
+            trace = mask_secrets("".join(traceback.format_exception(exc)))
+            logger.error(f"{error_type(exc)}: {line}", extra={"error": error_type(exc), "traceback": trace})
+            if str(exc) == line:
+                raise
+            one = type(error_type(exc), (PgrunbookError,), {"exit_code": getattr(exc, "exit_code", 1)})
+            raise one(line) from None
+
+    return handler

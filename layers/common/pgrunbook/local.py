@@ -102,11 +102,34 @@ def load_handler(path: Path) -> Handler:
     return handler
 
 
-class Intrinsics:
-    """Evaluates the few CloudFormation intrinsics our substitutions and environment use."""
+class LazyHandler:
+    """A handler imported on its first call (a run imports only the functions it invokes)."""
 
-    def __init__(self, refs: Mapping[str, Any], attrs: Mapping[str, Any], conditions: Mapping[str, bool]) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handler: Handler | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Any, context: Any) -> Any:
+        with self._lock:
+            if self._handler is None:
+                self._handler = load_handler(self.path)
+        return self._handler(event, context)
+
+
+class Intrinsics:
+    """Evaluates the few CloudFormation intrinsics our substitutions and environment use
+    (Ref, GetAtt, If, Join, Split, Select, Sub)."""
+
+    def __init__(self, refs: Mapping[str, Any], attrs: Mapping[str, Any], conditions: Mapping[str, Any]) -> None:
         self.refs, self.attrs, self.conditions = refs, attrs, conditions
+
+    def condition(self, name: str) -> bool:
+        """A condition: a fixed bool, or the template's expression (Fn::Equals/Not/And/Or/Condition)."""
+        if name not in self.conditions:
+            raise PgrunbookError(f"local: no condition {name}")
+        value = self.conditions[name]
+        return value if isinstance(value, bool) else bool(self.eval(value))
 
     def eval(self, value: Any) -> Any:
         if isinstance(value, list):
@@ -128,11 +151,28 @@ class Intrinsics:
             return self.attrs[name]
         if key == "Fn::If":
             cond, yes, no = arg
-            return self.eval(yes if self.conditions[cond] else no)
+            return self.eval(yes if self.condition(cond) else no)
+        if key == "Fn::Equals":
+            left, right = self.eval(arg)
+            return str(left) == str(right)
+        if key == "Fn::Not":
+            return not self.eval(arg[0])
+        if key == "Fn::And":
+            return all(self.eval(a) for a in arg)
+        if key == "Fn::Or":
+            return any(self.eval(a) for a in arg)
+        if key == "Condition":
+            return self.condition(str(arg))
         if key == "Fn::Join":
             sep, items = arg
             items = self.eval(items)
             return sep.join(str(i) for i in items)
+        if key == "Fn::Split":
+            sep, text = arg
+            return str(self.eval(text)).split(sep)
+        if key == "Fn::Select":
+            index, items = arg
+            return self.eval(items)[int(self.eval(index))]
         if key == "Fn::Sub":
             text, local = (arg, {}) if isinstance(arg, str) else (arg[0], self.eval(arg[1]))
 
@@ -306,9 +346,8 @@ class LocalCloud:
                 os.environ[key] = value
 
     def _create_resources(self) -> None:
-        from urllib.parse import urlsplit
-
         from . import aws
+        from .dburl import DatabaseUrl
 
         self.key_arn = aws.client("kms").create_key(Description="pgrunbook local")["KeyMetadata"]["Arn"]
         aws.client("s3").create_bucket(Bucket=self.bucket)
@@ -316,13 +355,17 @@ class LocalCloud:
         self.secret_arns: dict[str, str] = {}
         entries = []
         for db in self.databases:
-            parts = urlsplit(db.url)
-            secret = {"username": parts.username, "password": parts.password, "host": parts.hostname,
-                      "port": parts.port or 5432, "dbname": parts.path.lstrip("/")}
+            # any form libpq takes (a socket directory as host, key=value conninfo), stored the way the
+            # stack stores it: an RDS-style secret plus the PGRUNBOOK_DATABASES entry
+            url = DatabaseUrl.parse(db.url, what=f"URL of database {db.name!r}")
+            secret = url.to_secret()
             arn = aws.client("secretsmanager").create_secret(
                 Name=f"pgrunbook-local/{db.name}-{uuid.uuid4().hex[:6]}", SecretString=json.dumps(secret))["ARN"]
             self.secret_arns[db.name] = arn
-            entries.append({"name": db.name, "secret_arn": arn, "dbname": secret["dbname"]})
+            entry: dict[str, Any] = {"name": db.name, "secret_arn": arn, "dbname": url.dbname}
+            if url.params.get("sslmode"):
+                entry["sslmode"] = url.params["sslmode"]
+            entries.append(entry)
         fn_arn = {f"{fid}.Arn": self.function_arn(fid) for fid in function_ids(self.template)}
         refs: dict[str, Any] = {
             "BackupBucket": self.bucket, "NotificationTopic": self.topic_arn, "Key": self.key_arn,
@@ -330,6 +373,7 @@ class LocalCloud:
             "SubnetIds": ["subnet-local1", "subnet-local2"], "SecurityGroupIds": ["sg-local"],
             "TaskDefinition": "none", "RestoreTunedParameterGroup": "pgrunbook-restore-tuned",
             "AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws", "AWS::StackName": "local",
+            "AWS::StackId": f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/local/{uuid.uuid4()}",
             **{fid: fid for fid in function_ids(self.template)},
             **{sid: self.state_machine_arn(sid) for sid in state_machine_specs(self.template)},
         }
@@ -339,11 +383,20 @@ class LocalCloud:
         attrs = {**fn_arn, "Key.Arn": self.key_arn, "BackupBucket.Arn": f"arn:aws:s3:::{self.bucket}",
                  "TaskCluster.Arn": "none",
                  **{f"{sid}.Name": f"{sid}-{self.suffix}" for sid in state_machine_specs(self.template)}}
-        conditions = {"HasFargate": False, "HasEmail": False, "HasObjectLock": False, "HasRdsSubnetGroup": False}
+        from .approval.resources import create_local  # the approval table, token key and signing secret
+
+        approval_refs, approval_attrs = create_local(REGION)
+        refs.update(approval_refs)
+        attrs.update(approval_attrs)
+        # the template's conditions on the local parameter values; never Fargate (no containers here)
+        conditions: dict[str, Any] = {**self.template.get("Conditions", {}), "HasFargate": False}
         self.intrinsics = Intrinsics(refs, attrs, conditions)
         # the functions' environment, as the template sets it (Globals), plus local overrides
         env = self.template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
         values = {k: str(self.intrinsics.eval(v)) for k, v in env.items()}
+        for fid in function_ids(self.template):  # and each function's own variables (one process: merged)
+            own = self.template["Resources"][fid].get("Properties", {}).get("Environment", {}).get("Variables", {})
+            values.update({k: str(self.intrinsics.eval(v)) for k, v in own.items()})
         values.update({"PGRUNBOOK_SSLMODE": "prefer", "PGRUNBOOK_POLL_SECONDS": "0", "PGRUNBOOK_FARGATE": "off",
                        "PGRUNBOOK_PG_BIN": os.environ.get("PGRUNBOOK_PG_BIN", ""), "PGRUNBOOK_WORK_DIR": ""})
         values.update(self.extra_env)
@@ -356,7 +409,7 @@ class LocalCloud:
         return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{logical_id}"
 
     def _handlers(self) -> dict[str, Handler]:
-        return {fid: load_handler(handler_path(fid, self.root)) for fid in function_ids(self.template)}
+        return {fid: LazyHandler(handler_path(fid, self.root)) for fid in function_ids(self.template)}
 
     def create_state_machine(self, logical_id: str) -> str:
         from . import aws
@@ -431,6 +484,14 @@ class LocalCloud:
 
         topic = sns_backends[ACCOUNT][REGION].topics[self.topic_arn]
         return [(subject, message) for (_id, message, subject, _attrs, _group) in topic.sent_notifications]
+
+    def published(self) -> list[tuple[str | None, str, dict[str, str]]]:
+        """(subject, message, {attribute: string value}) of everything published to the stack's topic."""
+        from moto.sns.models import sns_backends
+
+        topic = sns_backends[ACCOUNT][REGION].topics[self.topic_arn]
+        return [(subject, message, {k: str(v.get("Value", v.get("StringValue", ""))) for k, v in (attrs or {}).items()})
+                for (_id, message, subject, attrs, _group) in topic.sent_notifications]
 
     def send_task_success(self, token: str, output: Any) -> None:
         from . import aws
