@@ -20,7 +20,12 @@ COPY --from=pgtools /opt/pgtools /opt
 COPY pyproject.toml README.md /src/
 COPY layers/common /src/layers/common
 RUN pip install --no-cache-dir /src && rm -rf /src \
- && useradd --system --uid 10001 --home-dir /work --create-home pgrunbook
+ && useradd --system --uid 10001 --home-dir /work --create-home pgrunbook \
+ && chown 10001 /work && chmod 0700 /work
+# The task definition mounts its ephemeral volume `work` at /work (the root file system is read-only).
+# A Fargate bind mount is root-owned unless the image declares the path as a VOLUME: then ECS
+# copies the image's /work (owner 10001, mode 0700) into it, and the non-root user can write there.
+VOLUME ["/work"]
 ENV PGRUNBOOK_PG_BIN=/opt/bin \
     PGRUNBOOK_WORK_DIR=/work \
     TMPDIR=/work \

@@ -118,7 +118,10 @@ def test_plan_handler(stack: Stack) -> None:
 
     plan = handler("plan")
     out = plan(event("plan-backup"), LocalContext())
-    assert out["items"] == [{"database": "app", "kind": "scheduled", "size_bytes": 0, "runner": "lambda"}]
+    (item,) = out["items"]  # no backup yet: the size is measured (pg_database_size), not taken as 0
+    assert (item["database"], item["kind"], item["runner"], item["size_source"]) == ("app", "scheduled", "lambda",
+                                                                                       "measured")
+    assert item["size_bytes"] > 1024**2
     assert out["max_concurrency"] == 2
     with pytest.raises(UnknownDatabase):
         plan({"action": "backup", "input": {"databases": ["app", "ghost"]}}, LocalContext())
@@ -133,7 +136,7 @@ def test_plan_handler(stack: Stack) -> None:
 def test_plan_handler_picks_fargate_for_big_databases(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     handler("backup")(event("backup"), LocalContext())
     monkeypatch.setenv("PGRUNBOOK_FARGATE", "on")
-    monkeypatch.setenv("PGRUNBOOK_LAMBDA_MAX_GB", "0")
+    monkeypatch.setenv("PGRUNBOOK_SIZING_SAFETY", "1e12")  # any size is then too slow for Lambda
     out = handler("plan")(event("plan-backup"), LocalContext())
     assert out["items"][0]["runner"] == "ecs"
 
@@ -187,7 +190,9 @@ def test_report_handler_backup_summary(stack: Stack) -> None:
 
 def test_report_handler_age_metrics(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     out = handler("report")(event("report-metrics"), LocalContext())
-    assert out["databases"]["app"]["backup_age_hours"] >= 24 * 365  # no backup yet: alarms fire
+    # no backup yet: the age counts from when the metrics first saw the database (a fresh stack is not in ALARM)
+    assert out["databases"]["app"]["backup_age_hours"] < 1
+    assert stack.keys("_reports/watch/") == ["_reports/watch/app.json"]
     handler("backup")(event("backup"), LocalContext())
     handler("report")({"action": "restore-report", "plan": {"database": "app", "mode": "drill"},
                        "verify": {"ok": True, "text": "VERIFIED"}}, LocalContext())

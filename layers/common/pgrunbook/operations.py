@@ -8,6 +8,7 @@ State-machine contracts (the JSON each step returns) are documented in docs/depl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 
 from . import aws
 from .backup import BackupOptions, BackupResult, run_backup
-from .catalog_list import latest_backup
+from .catalog_list import database_dest, latest_backup
 from .errors import PgrunbookError, StoreError, UsageError
 from .events import (
     BackupEvent,
@@ -37,6 +38,7 @@ from .lambda_support import (
     configured_databases,
     database_config,
     database_url,
+    one_line,
     secret_url,
 )
 from .settings import Settings
@@ -66,14 +68,42 @@ def _dest(settings: Settings) -> str:
     return settings.backup_dest.rstrip("/")
 
 
-def _runner(size_bytes: int, forced: str | None = None) -> str:
-    """lambda, or ecs when the database is too big for Lambda's 15 minutes."""
-    if forced in ("lambda", "ecs"):
-        return forced
-    if (os.environ.get("PGRUNBOOK_FARGATE") or "on").lower() in ("off", "false", "0"):
-        return "lambda"  # the stack has no Fargate task (no container image given)
-    limit = _env_int("PGRUNBOOK_LAMBDA_MAX_GB", 20) * GB
-    return "ecs" if size_bytes > limit else "lambda"
+def _runner(operation: str, size_bytes: int | None, forced: str | None = None,
+            archive_bytes: int | None = None) -> dict[str, Any]:
+    """lambda, or ecs when the run would not fit Lambda's 900 s or /tmp (sizing.py has the rule)."""
+    from .sizing import decide
+
+    return decide(operation, size_bytes, archive_bytes=archive_bytes, forced=forced).to_dict()
+
+
+def _measured_size(name: str) -> int | None:
+    """pg_database_size of a configured database now; None when it cannot be reached (the backup
+    itself then reports why, on whichever runner)."""
+    from . import catalog
+    from .dburl import DatabaseUrl
+
+    try:
+        url = DatabaseUrl.parse(database_url(database_config(name)))
+        with catalog.connect(url, application="pgrunbook-plan") as conn:
+            return catalog.server_identity(conn).database_size_bytes
+    except PgrunbookError as exc:
+        log.warning("could not measure the database size", extra={"database": name, "reason": str(exc)})
+        return None
+
+
+def backup_size(name: str, settings: Settings) -> tuple[int | None, str]:
+    """(size in bytes, where it comes from): the last backup's manifest, else measured now."""
+    from .archive import ArchiveRef
+
+    cfg = database_config(name)
+    last = latest_backup(database_dest(_dest(settings), cfg.database), settings=settings)
+    if last is not None:
+        manifest = ArchiveRef.from_uri(last.archive).manifest()
+        size = (manifest.source if manifest else {}).get("database_size_bytes")
+        if size is not None:
+            return int(size), "last backup"
+    measured = _measured_size(name)
+    return measured, "measured" if measured is not None else "unknown"
 
 
 def _forced_runner(name: str) -> str | None:
@@ -95,15 +125,9 @@ def plan_backup(ev: BackupPlanEvent, settings: Settings) -> dict[str, Any]:
         database_config(name)  # raises UnknownDatabase with the configured names
     items = []
     for name in names:
-        last = latest_backup(f"{_dest(settings)}/{dbs[name].database}", settings=settings)
-        size = 0
-        if last is not None:
-            from .archive import ArchiveRef
-
-            manifest = ArchiveRef.from_uri(last.archive).manifest()
-            size = int((manifest.source if manifest else {}).get("database_size_bytes") or 0)
-        items.append({"database": name, "kind": ev.kind, "size_bytes": size,
-                      "runner": _runner(size, _forced_runner(name))})
+        size, source = backup_size(name, settings)
+        items.append({"database": name, "kind": ev.kind, "size_bytes": size, "size_source": source,
+                      **_runner("backup", size, _forced_runner(name))})
     return {"kind": ev.kind, "databases": names, "items": items,
             "max_concurrency": _env_int("PGRUNBOOK_BACKUP_MAX_CONCURRENCY", 2)}
 
@@ -123,7 +147,7 @@ def plan_restore(ev: RestorePlanEvent, settings: Settings) -> dict[str, Any]:
 
     cfg = database_config(ev.database)
     if ev.backup == "latest":
-        entry = latest_backup(f"{_dest(settings)}/{cfg.database}", settings=settings)
+        entry = latest_backup(database_dest(_dest(settings), cfg.database), settings=settings)
         if entry is None:
             raise NoBackup(f"database {ev.database!r} has no backup in {_dest(settings)} yet")
         archive = entry.archive
@@ -133,14 +157,18 @@ def plan_restore(ev: RestorePlanEvent, settings: Settings) -> dict[str, Any]:
     manifest = ref.manifest()
     if manifest is None:
         raise NoBackup(f"{archive}: no manifest beside it (not a pgrunbook backup, or incomplete)")
-    size = int(manifest.source.get("database_size_bytes") or 0)
+    raw_size = manifest.source.get("database_size_bytes")
+    size = int(raw_size) if raw_size is not None else None
     spec = ev.target or _default_target(ev.database)
     if spec.kind == "database" and spec.server is not None:
         database_config(spec.server)
+    if spec.kind == "rds" and not rds_targets_enabled():
+        raise ConfigError("RDS restore targets are not enabled in this stack: set RdsSubnetGroupName "
+                          "(template parameter) or use a target of kind 'database'")
     return {
         "database": ev.database, "mode": ev.mode, "backup": ref.uri, "manifest": ref.uri + ".manifest.json",
         "backup_finished_at": manifest.finished_at, "size_bytes": size,
-        "runner": _runner(size, _forced_runner(ev.database)),
+        **_runner("restore", size, _forced_runner(ev.database), archive_bytes=manifest.bytes),
         "target_spec": asdict(spec),
         "poll_seconds": _env_int("PGRUNBOOK_POLL_SECONDS", 30),
         "max_checks": _env_int("PGRUNBOOK_MAX_POLLS", 120),
@@ -180,8 +208,43 @@ def provision(ev: ProvisionEvent, settings: Settings) -> dict[str, Any]:
     return {**ev.target.to_dict(), "status": "deleted"}
 
 
-def _server_url(ref_or_server: str) -> str:
-    return database_url(database_config(ref_or_server))
+class TargetDeleting(TransientError):
+    """The target's deletion is under way (an RDS instance takes minutes): the state machine retries
+    `delete` until the target is gone, so a teardown never reports done before it is."""
+
+
+def _server_url(server: str) -> str:
+    """The server of configured database `server`, reached with its target secret (CREATEDB), not the
+    backup's (possibly read-only) credentials."""
+    cfg = database_config(server)
+    return secret_url(cfg.target_secret, host=cfg.host, port=cfg.port, dbname=cfg.database, sslmode=cfg.sslmode)
+
+
+def stack_name(env: Mapping[str, str] | None = None) -> str:
+    """The stack that owns what this function creates (tags, names): PGRUNBOOK_STACK."""
+    env = os.environ if env is None else env
+    return env.get("PGRUNBOOK_STACK") or "local"
+
+
+def target_database_name(execution: str) -> str:
+    """A database target's name derived from its execution (idempotent create, like target_identifier)."""
+    return f"pgrunbook_drill_{hashlib.sha256(execution.encode()).hexdigest()[:16]}"
+
+
+def target_identifier(database: str, execution: str | None, prefix: str | None = None) -> str:
+    """An RDS instance identifier derived from the execution: a retried `create` of the same execution
+    finds its own instance instead of starting a second one. `<prefix>-<database>-<hash>`: the prefix
+    (PGRUNBOOK_TARGET_PREFIX, `pgrb-<stack id>` in the template) scopes IAM to this stack's instances;
+    letters, digits and single hyphens, at most 63 characters, starting with a letter."""
+    prefix = prefix or os.environ.get("PGRUNBOOK_TARGET_PREFIX") or "pgrunbook-drill"
+    slug = "-".join(p for p in "".join(c if c.isalnum() else "-" for c in database.lower()).split("-") if p)
+    tail = (hashlib.sha256(execution.encode()).hexdigest()[:12] if execution
+            else f"{datetime.now(UTC):%Y%m%d%H%M%S}{secrets.token_hex(2)}")
+    ident = f"{prefix}-{slug[:20].strip('-')}-{tail}" if slug else f"{prefix}-{tail}"
+    ident = "-".join(p for p in ident.split("-") if p)  # no double hyphens
+    if not ident[:1].isalpha():
+        ident = f"t-{ident}"
+    return ident[:63].rstrip("-")
 
 
 def _create(spec: TargetSpec, database: str, execution: str | None) -> TargetRef:
@@ -190,8 +253,10 @@ def _create(spec: TargetSpec, database: str, execution: str | None) -> TargetRef
 
         server = spec.server or database
         cfg = database_config(server)
-        target = DatabaseProvisioner(_server_url(server)).create(database)
-        return TargetRef(kind="database", name=target.name, dbname=target.name, secret_arn=cfg.secret_arn,
+        name = spec.name or (target_database_name(execution) if execution else None)
+        labels = {"stack": stack_name(), "execution": execution or "-", "source": database}
+        target = DatabaseProvisioner(_server_url(server)).create(database, name=name, labels=labels)
+        return TargetRef(kind="database", name=target.name, dbname=target.name, secret_arn=cfg.target_secret,
                          host=cfg.host, port=cfg.port, server=server, status="available")
     return _rds_create(spec, database, execution)
 
@@ -215,14 +280,28 @@ def _delete(ref: TargetRef) -> None:
     _rds_delete(ref)
 
 
+def rds_targets_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """RDS targets exist only in a stack that enables them (RdsSubnetGroupName set: the template then
+    creates the restore-tuned parameter group and grants the RDS permissions)."""
+    env = os.environ if env is None else env
+    return (env.get("PGRUNBOOK_RDS_TARGETS") or "on").lower() not in ("off", "false", "0")
+
+
+TAG_PURPOSE, TAG_STACK, TAG_EXECUTION, TAG_SOURCE, TAG_KEEP = (
+    "pgrunbook:purpose", "pgrunbook:stack", "pgrunbook:execution", "pgrunbook:source-database", "pgrunbook:keep")
+
+
 def _rds_create(spec: TargetSpec, database: str, execution: str | None) -> TargetRef:
     """Start a new RDS instance (returns at once; the state machine polls `status`). Its master password
-    is managed by RDS in Secrets Manager; its parameter group is the stack's restore-tuned one."""
+    is managed by RDS in Secrets Manager; its parameter group is the stack's restore-tuned one; its
+    engine version is the stack's (PGRUNBOOK_RDS_ENGINE_VERSION, matching that group's family).
+    Idempotent per execution: a retry finds the instance the first attempt started."""
     from botocore.exceptions import ClientError
 
+    if not rds_targets_enabled():
+        raise ConfigError("RDS restore targets are not enabled in this stack (set RdsSubnetGroupName)")
     source = database_config(database)
-    ident = spec.name or f"pgrunbook-drill-{database}-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
-    ident = "".join(c if c.isalnum() or c == "-" else "-" for c in ident.lower())[:63].rstrip("-")
+    ident = spec.name or target_identifier(database, execution)
     args: dict[str, Any] = {
         "DBInstanceIdentifier": ident, "Engine": "postgres",
         "DBInstanceClass": spec.instance_class or os.environ.get("PGRUNBOOK_RDS_INSTANCE_CLASS", "db.t4g.medium"),
@@ -230,9 +309,10 @@ def _rds_create(spec: TargetSpec, database: str, execution: str | None) -> Targe
         "MasterUsername": "pgrunbook", "ManageMasterUserPassword": True, "BackupRetentionPeriod": 0,
         "MultiAZ": False, "PubliclyAccessible": False, "StorageEncrypted": True, "CopyTagsToSnapshot": False,
         "DeletionProtection": False,
-        "Tags": [{"Key": "pgrunbook:purpose", "Value": "restore-target"},
-                 {"Key": "pgrunbook:source-database", "Value": database},
-                 {"Key": "pgrunbook:execution", "Value": (execution or "-")[:250]}],
+        "Tags": [{"Key": TAG_PURPOSE, "Value": "restore-target"},
+                 {"Key": TAG_STACK, "Value": stack_name()},
+                 {"Key": TAG_SOURCE, "Value": database[:250]},
+                 {"Key": TAG_EXECUTION, "Value": (execution or "-")[:256]}],
     }
     optional = {"EngineVersion": "PGRUNBOOK_RDS_ENGINE_VERSION", "DBSubnetGroupName": "PGRUNBOOK_RDS_SUBNET_GROUP",
                 "DBParameterGroupName": "PGRUNBOOK_RDS_PARAMETER_GROUP", "KmsKeyId": "PGRUNBOOK_RDS_KMS_KEY_ID"}
@@ -241,10 +321,18 @@ def _rds_create(spec: TargetSpec, database: str, execution: str | None) -> Targe
             args[key] = os.environ[env_name]
     if os.environ.get("PGRUNBOOK_RDS_SECURITY_GROUP_IDS"):
         args["VpcSecurityGroupIds"] = os.environ["PGRUNBOOK_RDS_SECURITY_GROUP_IDS"].split(",")
+    rds = aws.client("rds")
     try:
-        aws.client("rds").create_db_instance(**args)
+        rds.create_db_instance(**args)
     except ClientError as exc:
-        raise _rds_error(exc, ident) from None
+        if exc.response.get("Error", {}).get("Code") not in ("DBInstanceAlreadyExists",
+                                                             "DBInstanceAlreadyExistsFault"):
+            raise _rds_error(exc, ident) from None
+        tags = _rds_tags(_describe(ident))
+        if execution is None or tags.get(TAG_EXECUTION) != execution[:256]:
+            raise PgrunbookError(f"RDS instance {ident} already exists and was not created by this execution: "
+                                 "refusing to use or touch it") from None
+        log.info("RDS target already created by an earlier attempt of this execution", extra={"instance": ident})
     return TargetRef(kind="rds", name=ident, dbname=source.database, status="creating")
 
 
@@ -255,23 +343,61 @@ def _rds_error(exc: Any, ident: str) -> PgrunbookError:
     return PgrunbookError(f"RDS refused for {ident}: {code} {exc.response.get('Error', {}).get('Message', '')}")
 
 
-def _rds_status(ref: TargetRef) -> TargetRef:
+def _rds_not_found(exc: Any) -> bool:
+    return exc.response.get("Error", {}).get("Code") in ("DBInstanceNotFound", "DBInstanceNotFoundFault")
+
+
+def _describe(ident: str) -> dict[str, Any] | None:
+    """The instance, or None when it does not exist."""
     from botocore.exceptions import ClientError
+
+    try:
+        return dict(aws.client("rds").describe_db_instances(DBInstanceIdentifier=ident)["DBInstances"][0])
+    except ClientError as exc:
+        if _rds_not_found(exc):
+            return None
+        raise _rds_error(exc, ident) from None
+
+
+def _rds_tags(inst: Mapping[str, Any] | None) -> dict[str, str]:
+    return {str(t["Key"]): str(t["Value"]) for t in (inst or {}).get("TagList") or []}
+
+
+# RDS instance states (DBInstanceStatus) a new target can be in, by what they mean for the Restore machine.
+RDS_PENDING = frozenset({"creating", "backing-up", "modifying", "configuring-enhanced-monitoring",
+                         "configuring-iam-database-auth", "configuring-log-exports", "rebooting", "renaming",
+                         "resetting-master-credentials", "starting", "upgrading", "maintenance",
+                         "storage-optimization", "moving-to-vpc", "converting-to-vpc"})
+RDS_FAILED = frozenset({"failed", "incompatible-parameters", "incompatible-network", "incompatible-option-group",
+                        "incompatible-restore", "incompatible-credentials", "inaccessible-encryption-credentials",
+                        "inaccessible-encryption-credentials-recoverable", "restore-error", "storage-full",
+                        "insufficient-capacity", "deleting", "stopping", "stopped", "delete-precheck"})
+
+
+def rds_target_state(status: str) -> str:
+    """available | creating | failed for a DBInstanceStatus; an unknown new state counts as pending
+    (the state machine's max_checks bounds the wait)."""
+    if status == "available":
+        return "available"
+    if status in RDS_FAILED:
+        return "failed"
+    return "creating"
+
+
+def _rds_status(ref: TargetRef) -> TargetRef:
     from psycopg import sql
 
     from . import catalog
     from .dburl import DatabaseUrl
 
-    try:
-        inst = aws.client("rds").describe_db_instances(DBInstanceIdentifier=ref.name)["DBInstances"][0]
-    except ClientError as exc:
-        raise _rds_error(exc, ref.name) from None
+    inst = _describe(ref.name)
+    if inst is None:
+        raise PgrunbookError(f"RDS instance {ref.name} does not exist (deleted while it was being created?)")
     status = str(inst.get("DBInstanceStatus"))
     checks = ref.checks + 1
-    if status in ("failed", "incompatible-parameters", "incompatible-network", "storage-full"):
-        return TargetRef(**{**ref.to_dict(), "status": "failed", "checks": checks})
-    if status != "available":
-        return TargetRef(**{**ref.to_dict(), "status": "creating", "checks": checks})
+    state = rds_target_state(status)
+    if state != "available":
+        return TargetRef(**{**ref.to_dict(), "status": state, "checks": checks})
     endpoint = inst.get("Endpoint") or {}
     secret_arn = (inst.get("MasterUserSecret") or {}).get("SecretArn")
     if not secret_arn:
@@ -287,17 +413,33 @@ def _rds_status(ref: TargetRef) -> TargetRef:
 
 
 def _rds_delete(ref: TargetRef) -> None:
+    """Delete the instance and return only once it is gone; while RDS is still deleting it (or cannot
+    delete it yet: creating, modifying, backing up), raise TargetDeleting so the caller retries."""
+    delete_rds_instance(ref.name)
+
+
+def delete_rds_instance(ident: str) -> None:
+    """The one way an RDS target is deleted (state machine teardown and the sweeper)."""
     from botocore.exceptions import ClientError
 
-    try:
-        aws.client("rds").delete_db_instance(DBInstanceIdentifier=ref.name, SkipFinalSnapshot=True,
-                                             DeleteAutomatedBackups=True)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("DBInstanceNotFound", "DBInstanceNotFoundFault"):
+    inst = _describe(ident)
+    if inst is None:
+        return
+    status = str(inst.get("DBInstanceStatus"))
+    if status != "deleting":
+        try:
+            aws.client("rds").delete_db_instance(DBInstanceIdentifier=ident, SkipFinalSnapshot=True,
+                                                 DeleteAutomatedBackups=True)
+        except ClientError as exc:
+            if _rds_not_found(exc):
+                return
+            if exc.response.get("Error", {}).get("Code") != "InvalidDBInstanceState":
+                raise _rds_error(exc, ident) from None
+            raise TargetDeleting(f"RDS instance {ident} is {status}: it cannot be deleted yet, retrying") from None
+        if _describe(ident) is None:
             return
-        if exc.response.get("Error", {}).get("Code") == "InvalidDBInstanceState":  # already deleting
-            return
-        raise _rds_error(exc, ref.name) from None
+        status = "deleting"
+    raise TargetDeleting(f"RDS instance {ident} is {status}: waiting until it is gone")
 
 
 def target_url(ref: TargetRef) -> str:
@@ -305,7 +447,7 @@ def target_url(ref: TargetRef) -> str:
         raise UsageError(f"target {ref.name} is not available yet (no credentials)")
     if ref.kind == "database" and ref.server is not None:
         cfg = database_config(ref.server)
-        return secret_url(cfg.secret_arn, host=cfg.host, port=cfg.port, dbname=ref.dbname, sslmode=cfg.sslmode)
+        return secret_url(cfg.target_secret, host=cfg.host, port=cfg.port, dbname=ref.dbname, sslmode=cfg.sslmode)
     return secret_url(ref.secret_arn, host=ref.host, port=ref.port, dbname=ref.dbname)
 
 
@@ -324,7 +466,12 @@ def verify(ev: VerifyEvent, settings: Settings) -> dict[str, Any]:
 
     report = run_verify(VerifyOptions(database_url=target_url(ev.target), manifest=ev.backup, app_url=ev.app_url,
                                       checks=tuple(HttpCheck.parse(c) for c in ev.checks)), settings)
-    return {**report.to_dict(), "text": report.text()}
+    out = report.to_dict()
+    passed = len(report.checks) - len(report.failures)
+    # one line (a failed verification's cause in the state machine): the counts and what failed
+    summary = f"{passed}/{len(report.checks)} checks passed" + (
+        f"; failed: {'; '.join(out['failures'])}" if out["failures"] else "")
+    return {**out, "text": report.text(), "summary": one_line(summary, limit=4000)}
 
 
 # --------------------------------------------------------------------------- Fargate task results

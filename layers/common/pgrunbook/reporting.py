@@ -3,35 +3,41 @@
 - backup_summary: one message for a whole Backup run (which databases succeeded, which failed);
 - restore_report: the verification report of a restore/drill, kept in the bucket under
   `_reports/restore/<database>/...` (the age metrics read it) and sent by SNS;
-- request_approval: the cutover approval request (task token kept server-side in the bucket);
+- request_approval: the cutover approval request (pgrunbook.approval: sealed token, signed links);
 - age_metrics: hourly gauges BackupAgeHours / LastVerifiedRestoreAgeDays per database plus the
-  worst of each (what the alarms watch).
+  worst of each (what the alarms watch);
+- describe_error: a Catch's {"Error", "Cause"} as {"Error", "Cause": one line} for the state
+  machines' failure notifications and Fail states.
+
+Every error these carry is the error's class and one line (lambda_support.describe_failure): a
+Lambda failure's Cause holds its stack trace, which stays in the execution history and the log.
+Each result that a Fail state reads as its cause (`cause`, `error.Cause`) is one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 from datetime import UTC, datetime
 from typing import Any
 
 from . import aws
-from .catalog_list import latest_backup
-from .lambda_support import configured_databases
-from .operations import APPROVALS_PREFIX, REPORTS_PREFIX, drilled_databases
+from .approval.service import approval_summary
+from .lambda_support import describe_failure, described_error, one_line
+from .operations import REPORTS_PREFIX
 from .settings import Settings
 from .store import open_store
 
-NEVER_HOURS = 24.0 * 3650  # "no backup at all" is reported as ten years old: alarms fire
 
-
-def publish(subject: str, message: str) -> str | None:
-    """Publish to the stack's topic (PGRUNBOOK_TOPIC_ARN); returns the message id (None when unset)."""
+def publish(subject: str, message: str, attributes: dict[str, str] | None = None) -> str | None:
+    """Publish to the stack's topic (PGRUNBOOK_TOPIC_ARN); returns the message id (None when unset).
+    `attributes`: SNS message attributes (strings), e.g. the same facts as JSON for chat integrations."""
     topic = os.environ.get("PGRUNBOOK_TOPIC_ARN")
     if not topic:
         return None
-    resp = aws.client("sns").publish(TopicArn=topic, Subject=subject[:99], Message=message)
+    extra = {"MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()}} \
+        if attributes else {}
+    resp = aws.client("sns").publish(TopicArn=topic, Subject=subject[:99], Message=message, **extra)
     return str(resp.get("MessageId"))
 
 
@@ -50,31 +56,26 @@ def backup_summary(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
                      f"{res.get('rows', 0)} rows, {res.get('seconds', 0)} s)")
     failures = []
     for r in failed:
-        err = r.get("error") or {}
-        message = _cause_message(err)
-        failures.append({"database": r.get("database"), "error": err.get("Error"), "message": message})
-        lines.append(f"  FAILED  {r.get('database')}: {err.get('Error')}: {message}")
+        name, message = describe_failure(r.get("error") or {})
+        failures.append({"database": r.get("database"), "error": name, "message": message})
+        lines.append(f"  FAILED  {r.get('database')}: {name}: {message}")
     if data.get("execution"):
         lines.append(f"execution: {data['execution']}")
     text = "\n".join(lines)
     subject = (f"pgrunbook backup FAILED for {len(failed)} database(s)" if failed
                else f"pgrunbook backup ok ({len(ok)} databases)")
     publish(subject, text)
-    return {"ok": not failed, "succeeded": [r.get("database") for r in ok], "failed": failures, "text": text}
+    # the execution's cause when some failed (one line; the notification above has the details)
+    cause = one_line(f"{len(ok)} of {len(results)} databases backed up; failed: "
+                     + "; ".join(f"{f['database']}: {f['error']}: {f['message']}" for f in failures),
+                     limit=4000) if failed else ""
+    return {"ok": not failed, "succeeded": [r.get("database") for r in ok], "failed": failures, "text": text,
+            "cause": cause}
 
 
-def _cause_message(err: dict[str, Any]) -> str:
-    """The errorMessage inside a Catch's Cause (a JSON string of Lambda's error body), or the Cause."""
-    cause = err.get("Cause")
-    if isinstance(cause, str):
-        try:
-            body = json.loads(cause)
-            if isinstance(body, dict) and "errorMessage" in body:
-                return str(body["errorMessage"])
-        except json.JSONDecodeError:
-            pass
-        return cause
-    return ""
+def describe_error(data: dict[str, Any]) -> dict[str, str]:
+    """{"error": {"Error", "Cause"}} -> {"Error", "Cause": one line} (nothing published)."""
+    return described_error(data.get("error"))
 
 
 def restore_report(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -86,14 +87,20 @@ def restore_report(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
     error = data.get("error")
     verified = bool(verify.get("ok")) and not error
     now = datetime.now(UTC)
-    err_info = None if not error else {"error": error.get("Error"), "message": _cause_message(error)}
+    err_info = None
+    if error:
+        name, message = describe_failure(error)
+        err_info = {"error": name, "message": message}
     report: dict[str, Any] = {
         "report_version": 1, "database": database, "mode": mode, "verified": verified,
         "finished_at": now.isoformat(), "execution": data.get("execution"), "backup": plan.get("backup"),
         "backup_finished_at": plan.get("backup_finished_at"), "target": data.get("target"),
         "restore": data.get("restore"), "verify": {k: v for k, v in verify.items() if k != "text"} or None,
-        "error": err_info,
+        "error": err_info, "approval": data.get("approval") if isinstance(data.get("approval"), dict) else None,
     }
+    cutover = data.get("cutover") if isinstance(data.get("cutover"), dict) else None
+    if cutover:  # a cutover's or rollback's report (pgrunbook.cutover) joins the restore's
+        report["cutover"] = {k: v for k, v in cutover.items() if k != "text"}
     key = f"{REPORTS_PREFIX}/restore/{database}/{now:%Y/%m}/{now:%Y%m%d-%H%M%S}Z-{mode}.json"
     _store(settings).put_bytes(key, json.dumps(report, indent=2, default=str).encode(), "application/json")
     uri = _store(settings).uri(key)
@@ -101,69 +108,84 @@ def restore_report(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
              f"backup: {plan.get('backup')}"]
     if err_info:
         lines.append(f"error: {err_info['error']}: {err_info['message']}")
+    decided = approval_summary(data.get("approval"))
+    if decided:
+        lines.append(decided)
+    if cutover:
+        lines += ["", str(cutover.get("text") or "")]
+        mode = f"cutover ({cutover.get('outcome')})"
     if verify.get("text"):
         lines += ["", str(verify["text"])]
     lines += ["", f"report: {uri}"]
     if data.get("execution"):
         lines.append(f"execution: {data['execution']}")
     text = "\n".join(lines)
-    publish(f"pgrunbook {mode} {database}: {'verified' if verified else 'FAILED'}", text)
-    return {"verified": verified, "report": uri, "text": text,
-            "failures": list(verify.get("failures") or []), "restore_seconds":
-            float((data.get("restore") or {}).get("seconds") or 0.0)}
+    decision = (report["approval"] or {}).get("decision")
+    publish(f"pgrunbook {mode} {database}: {'verified' if verified else 'FAILED'}"
+            + (f", {decision} by {report['approval'].get('approver')}" if decision else ""), text)
+    out: dict[str, Any] = {"verified": verified, "report": uri, "text": text,
+                           "failures": list(verify.get("failures") or []), "restore_seconds":
+                           float((data.get("restore") or {}).get("seconds") or 0.0)}
+    if err_info:  # the Catch's error, described: the state machine's Fail state reads it
+        out["error"] = {"Error": err_info["error"], "Cause": err_info["message"]}
+    # one line for a Fail state (a failed verification): what failed, not the whole table
+    out["cause"] = (f"{err_info['error']}: {err_info['message']}" if err_info else
+                    one_line(f"{mode} of {database}: {'verified' if verified else 'verification FAILED'}: "
+                             + str(verify.get("summary") or "; ".join(out["failures"]) or "no checks ran"),
+                             limit=4000))
+    return out
 
 
 def request_approval(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Cutover approval request. Contract (input): {task_token, execution, plan, target, verify};
-    the execution resumes with SendTaskSuccess output {"decision": "approved"|"rejected",
-    "approval_id", "approver", "decided_at", "comment"}. The token is stored in the bucket
-    (`_approvals/<id>.json`, SSE-KMS), never sent by mail; the approval issue adds the signed link."""
-    token = data.get("task_token")
-    if not token:
-        raise ValueError("request-approval: missing task_token")
-    approval_id = secrets.token_urlsafe(12)
-    plan = data.get("plan") or {}
-    expires = int(plan.get("approval_timeout_seconds") or 86400)
-    record = {"approval_id": approval_id, "task_token": token, "execution": data.get("execution"),
-              "database": plan.get("database"), "backup": plan.get("backup"), "target": data.get("target"),
-              "verify": {k: v for k, v in (data.get("verify") or {}).items() if k != "text"},
-              "requested_at": datetime.now(UTC).isoformat(), "expires_in_seconds": expires, "status": "pending"}
-    _store(settings).put_bytes(f"{APPROVALS_PREFIX}/{approval_id}.json", json.dumps(record, default=str).encode(),
-                               "application/json")
-    text = (f"Cutover of {plan.get('database')} to the restored target {(data.get('target') or {}).get('name')} "
-            f"waits for approval {approval_id} (expires in {expires // 3600} h).\n\n"
-            f"{(data.get('verify') or {}).get('text', '')}")
-    publish(f"pgrunbook cutover approval needed: {plan.get('database')}", text)
-    return {"approval_id": approval_id}
+    """Cutover approval request (pgrunbook.approval): the task token is sealed (KMS) into the approval
+    table, never sent; the notification carries signed, expiring approve/reject links, the verification
+    summary, the backup's age and the execution's console link, as text and as a JSON attribute."""
+    from .approval.service import ATTRIBUTE, ApprovalRequest, ApprovalService
+
+    created = ApprovalService.from_env().create(ApprovalRequest.parse(data))
+    publish(created.subject, created.text, {ATTRIBUTE: json.dumps(created.attribute, default=str)})
+    return {"approval_id": created.approval_id, "expires_at": created.expires_at}
 
 
-def age_metrics(settings: Settings, metrics: Any = None) -> dict[str, Any]:
-    """Per database: hours since the newest backup, days since the newest verified restore."""
+def age_metrics(settings: Settings, metrics: Any = None, now: datetime | None = None) -> dict[str, Any]:
+    """Per database (dimension Database): hours since the newest backup, days since the newest verified
+    restore (drilled databases only), and for RDS sources the PITR window (PitrWindowDays) and lag
+    (PitrLagMinutes); plus the worst of each without dimension, which the alarms watch. Something that
+    never happened ages from when the database was first watched (oncall.first_seen)."""
     from .lambda_support import put_metric
+    from .oncall import collect
 
-    dest = settings.backup_dest.rstrip("/")
-    store = _store(settings)
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     out: dict[str, Any] = {}
-    drilled = set(drilled_databases())
-    for name, cfg in sorted(configured_databases().items()):
-        last = latest_backup(f"{dest}/{cfg.database}", settings=settings)
-        backup_hours = round(NEVER_HOURS if last is None else last.age_seconds / 3600, 2)
-        put_metric(metrics, "BackupAgeHours", backup_hours, "Count", name)
-        out[name] = {"backup_age_hours": backup_hours}
-        if name not in drilled:
-            continue  # not drilled (PGRUNBOOK_DRILL_DATABASES): no drill age to alarm on
-        verified_days = NEVER_HOURS / 24
-        for key in sorted((i.key for i in store.list(f"{REPORTS_PREFIX}/restore/{name}/")), reverse=True):
-            rep = json.loads(store.get_bytes(key))
-            if rep.get("verified"):
-                verified_days = (now - datetime.fromisoformat(rep["finished_at"])).total_seconds() / 86400
-                break
-        put_metric(metrics, "LastVerifiedRestoreAgeDays", round(verified_days, 2), "Count", name)
-        out[name]["verified_restore_age_days"] = round(verified_days, 2)
+    for f in collect(settings, now=now, record=True):
+        backup_hours = f.backup_age_hours(now)
+        put_metric(metrics, "BackupAgeHours", backup_hours, "Count", f.name)
+        out[f.name] = {"backup_age_hours": backup_hours}
+        if f.drilled:  # not drilled (PGRUNBOOK_DRILL_DATABASES): no drill age to alarm on
+            verified_days = f.verified_age_days(now)
+            put_metric(metrics, "LastVerifiedRestoreAgeDays", verified_days, "Count", f.name)
+            out[f.name]["verified_restore_age_days"] = verified_days
+        if f.pitr is not None and f.pitr.error is None:
+            put_metric(metrics, "PitrWindowDays", f.pitr.retention_days, "Count", f.name)
+            out[f.name]["pitr_window_days"] = f.pitr.retention_days
+            if f.pitr.lag_minutes is not None:
+                put_metric(metrics, "PitrLagMinutes", f.pitr.lag_minutes, "Count", f.name)
+                out[f.name]["pitr_lag_minutes"] = f.pitr.lag_minutes
     if out:
         put_metric(metrics, "OldestBackupAgeHours", max(v["backup_age_hours"] for v in out.values()), "Count")
-    drill_ages = [v["verified_restore_age_days"] for v in out.values() if "verified_restore_age_days" in v]
-    if drill_ages:
-        put_metric(metrics, "OldestVerifiedRestoreAgeDays", max(drill_ages), "Count")
+    worst = {"OldestVerifiedRestoreAgeDays": (max, "verified_restore_age_days"),
+             "ShortestPitrWindowDays": (min, "pitr_window_days"), "LongestPitrLagMinutes": (max, "pitr_lag_minutes")}
+    for metric, (pick, key) in worst.items():
+        values = [v[key] for v in out.values() if key in v]
+        if values:
+            put_metric(metrics, metric, pick(values), "Count")
     return {"databases": out}
+
+
+def cutover_notification(report: dict[str, Any]) -> str | None:
+    """Publish a cutover or rollback report made outside the state machine (`pgrunbook cutover`/`rollback`)
+    to $PGRUNBOOK_TOPIC_ARN, when one is set (the state machine reports through restore_report)."""
+    from .cutover.report import CutoverReport
+
+    rep = CutoverReport.from_dict(report)
+    return publish(rep.subject(), rep.text())

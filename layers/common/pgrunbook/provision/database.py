@@ -21,13 +21,25 @@ class DatabaseProvisioner:
         self.server = DatabaseUrl.parse(server_url, what="server URL (--server-url)")
         self.prefix = prefix
 
-    def create(self, dbname: str, roles: list[str] | None = None) -> ProvisionedTarget:
-        """CREATE DATABASE <prefix>_<timestamp>_<random> (the source's name is not reused on a shared server).
+    def create(self, dbname: str, roles: list[str] | None = None, *, name: str | None = None,
+               labels: dict[str, str] | None = None) -> ProvisionedTarget:
+        """CREATE DATABASE <prefix>_<timestamp>_<random> (the source's name is not reused on a shared server),
+        or `name` (derived from an execution by the caller: when it exists already, an earlier attempt of
+        the same execution made it, and it is used again). `labels` become database-level settings
+        `pgrunbook.<key>` (the sweeper reads them: which stack and execution own the database).
         Roles are not created: the server's roles are what they are (restore reports missing ones)."""
-        name = unique_name(self.prefix)
+        import psycopg
+
+        name = name or unique_name(self.prefix)
         with catalog.connect(self.server, autocommit=True, application="pgrunbook-provision") as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
-                sql.Identifier(name)))
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
+                    sql.Identifier(name)))
+            except psycopg.errors.DuplicateDatabase:
+                log.info("database exists: made by an earlier attempt", extra={"database": name})
+            for key, value in (labels or {}).items():
+                conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                    sql.Identifier(name), sql.Identifier(f"pgrunbook.{key}"), sql.Literal(value)))
         target = self.server.with_dbname(name)
         log.info("database created", extra={"target": target.display()})
         return ProvisionedTarget(kind=self.kind, name=name, url=_url_of(target),
