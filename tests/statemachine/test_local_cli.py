@@ -19,8 +19,12 @@ def test_local_run_backup_then_cutover_with_approve(app_db: str, pg_server: Loca
     assert code == 0, out
     backup, restore = out["executions"]
     assert backup["status"] == "SUCCEEDED" and restore["status"] == "SUCCEEDED"
-    assert restore["output"]["approval"]["decision"] == "approved"
-    assert any(n["subject"].startswith("pgrunbook cutover approval needed") for n in out["notifications"])
+    approval = restore["output"]["approval"]
+    assert approval["decision"] == "approved"
+    # decided through the approval page (GET the link, POST the form), not by a direct SendTaskSuccess
+    assert approval["via"] == "page" and approval["approver"] == "pgrunbook local --approve"
+    assert approval["user_agent"] == "pgrunbook-local" and approval["source_ip"] == "127.0.0.1"
+    assert any(n["subject"].startswith("Approve cutover of app? ") for n in out["notifications"])
     target = restore["output"]["target"]["name"]
     with psycopg.connect(pg_server.url(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')

@@ -114,22 +114,35 @@ def test_bad_input_fails_fast_before_provisioning(cloud: LocalCloud) -> None:
     assert all("ProvisionFunction" not in name for name, _ in cloud.adapter.calls)
 
 
-def approval_token(cloud: LocalCloud) -> tuple[str, dict[str, Any]]:
-    (key,) = s3_keys(cloud, "_approvals/")
-    record = json.loads(aws.client("s3").get_object(Bucket=cloud.bucket, Key=key)["Body"].read())
-    return str(record["task_token"]), record
+def pending_approvals(execution: str) -> list[Any]:
+    from pgrunbook.approval.service import ApprovalService
+
+    return [r for r in ApprovalService.from_env().store.list() if r.execution == execution]
+
+
+def approval_token(execution: str) -> tuple[str, dict[str, Any]]:
+    """The approval record and its task token, unsealed with full rights (on AWS only the approval
+    function can): this test answers with the SDK directly, as an operator with credentials could."""
+    from pgrunbook.approval.service import ApprovalService
+
+    service = ApprovalService.from_env()
+    (record,) = pending_approvals(execution)
+    sealed = service.store.sealed_token(record.approval_id)
+    assert sealed is not None
+    return service.sealer.open(sealed, record.approval_id), {
+        "approval_id": record.approval_id, "database": record.database, "verify": record.facts["verification"]}
 
 
 def test_cutover_waits_for_approval(cloud: LocalCloud, pg_server: LocalServer) -> None:
     backed_up(cloud)
     for decision in ("approved", "rejected"):
         arn = cloud.start("RestoreStateMachine", {"database": "app", "mode": "cutover"})
-        waiting = cloud.wait(arn, until=lambda ex: bool(s3_keys(cloud, "_approvals/")))
+        waiting = cloud.wait(arn, until=lambda ex, arn=arn: bool(pending_approvals(arn)))
         assert waiting.status == "RUNNING" and "RequestApproval" in waiting.states_entered()
-        token, record = approval_token(cloud)
+        token, record = approval_token(arn)
         assert record["verify"]["ok"] is True and record["database"] == "app"
         subject, message = cloud.notifications()[-1]
-        assert subject == "pgrunbook cutover approval needed: app" and record["approval_id"] in message
+        assert subject.startswith("Approve cutover of app? ") and record["approval_id"] in message
         assert token not in message  # the token stays server-side
         cloud.send_task_success(token, {"decision": decision, "approval_id": record["approval_id"],
                                         "approver": "ops@example.com", "decided_at": "2026-11-25T12:00:00Z",
@@ -146,4 +159,3 @@ def test_cutover_waits_for_approval(cloud: LocalCloud, pg_server: LocalServer) -
         else:
             assert ex.states_entered()[-2:] == ["RejectedTeardown", "RejectedDone"]
             assert not database_exists(pg_server, target)
-        aws.client("s3").delete_object(Bucket=cloud.bucket, Key=s3_keys(cloud, "_approvals/")[0])

@@ -5,7 +5,9 @@
                                                      Restore '{"database": "app", "mode": "drill"}'
 
 Several MACHINE INPUT pairs run in order in the same local cloud (the bucket lives as long as the
-command). `--approve` answers a cutover's approval request (approved) as soon as it is made."""
+command). A cutover waits for approval: `--approvals serve[=PORT]` serves the real approval function on
+127.0.0.1 and prints `approval link: <url>` on stderr for each request (open it, decide); `--approve`
+approves each request as a person would (GET the link, POST Approve through the same endpoint)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import UsageError
@@ -29,7 +33,10 @@ def register(sub: Any) -> None:
                      help="pairs of a state machine (Backup, Restore, Migrate or the logical id) and its JSON input")
     run.add_argument("--database", action="append", default=[], metavar="NAME=URL",
                      help="a database the stack manages (default: NAME from $DATABASE_URL's database)")
-    run.add_argument("--approve", action="store_true", help="approve cutover requests automatically")
+    run.add_argument("--approve", action="store_true",
+                     help="approve cutover requests automatically (GET the link, POST Approve: the same endpoint)")
+    run.add_argument("--approvals", metavar="serve[=PORT]",
+                     help="serve the approval page on 127.0.0.1:PORT (default: a free port) and wait for a person")
     run.add_argument("--timeout", type=float, default=900.0, help="seconds per execution (default 900)")
     add_json(run)
     run.set_defaults(handler=_run)
@@ -69,13 +76,21 @@ def _run(args: argparse.Namespace) -> int:
     if not databases:
         raise UsageError("no database: pass --database NAME=URL or set DATABASE_URL")
 
+    approvals = _approvals(args)
     results = []
-    with LocalCloud(databases) as cloud:
+    try:
+        cloud = LocalCloud(databases, env=approvals.env if approvals else None)
+    except BaseException:
+        if approvals:
+            approvals.close()
+        raise
+    with cloud, _closing(approvals):
+        if approvals:
+            approvals.attach(cloud)
         for machine, payload in steps:
             arn = cloud.start(machine, payload)
-            if args.approve:
-                _approve_when_asked(cloud, arn, args.timeout)
-            ex = cloud.wait(arn, timeout=args.timeout)
+            ex = cloud.wait(arn, timeout=args.timeout,
+                            until=(lambda _ex: approvals.poll(cloud)) if approvals else None)
             results.append({"state_machine": machine, "status": ex.status, "output": ex.output,
                             "error": ex.error, "cause": ex.cause, "states": ex.states_entered()})
             if not args.json:
@@ -94,21 +109,28 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if all(r["status"] == "SUCCEEDED" for r in results) else 1
 
 
-def _approve_when_asked(cloud: Any, arn: str, timeout: float) -> None:
-    from .. import aws
+def _approvals(args: argparse.Namespace) -> Any:
+    from ..approval.runner import LocalApprovals
 
-    def asked(_ex: Any) -> bool:
-        resp = aws.client("s3").list_objects_v2(Bucket=cloud.bucket, Prefix="_approvals/")
-        return bool(resp.get("Contents"))
+    mode = args.approvals
+    if mode is None and not args.approve:
+        return None
+    port = 0
+    if mode is not None:
+        name, sep, raw = str(mode).partition("=")
+        if name != "serve" or (sep and not raw.isdigit()) or (raw and not 0 <= int(raw) <= 65535):
+            raise UsageError(f"--approvals wants serve or serve=PORT, not {mode!r}")
+        port = int(raw or 0)
+    try:
+        return LocalApprovals(port, auto_approve=args.approve)
+    except OSError as exc:
+        raise UsageError(f"--approvals: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from None
 
-    ex = cloud.wait(arn, timeout=timeout, until=asked)
-    if ex.status != "RUNNING":
-        return
-    for obj in aws.client("s3").list_objects_v2(Bucket=cloud.bucket, Prefix="_approvals/").get("Contents", []):
-        record = json.loads(aws.client("s3").get_object(Bucket=cloud.bucket, Key=obj["Key"])["Body"].read())
-        if record.get("status") == "pending":
-            cloud.send_task_success(record["task_token"], {
-                "decision": "approved", "approval_id": record["approval_id"], "approver": "pgrunbook local --approve",
-                "decided_at": record["requested_at"], "comment": "approved automatically (local run)"})
-            record["status"] = "approved"
-            aws.client("s3").put_object(Bucket=cloud.bucket, Key=obj["Key"], Body=json.dumps(record).encode())
+
+@contextmanager
+def _closing(approvals: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if approvals is not None:
+            approvals.close()
