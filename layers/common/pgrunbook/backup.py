@@ -16,6 +16,7 @@ a failure at any point removes what was written, so nothing half-done looks comp
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -35,13 +36,13 @@ from typing import Any
 
 from . import __version__, catalog
 from .dburl import DatabaseUrl
-from .errors import PgrunbookError, StoreError, ToolError, UsageError
+from .errors import PgrunbookError, StoreError, UsageError
 from .manifest import MANIFEST_SUFFIX, MANIFEST_VERSION, SHA256_SUFFIX, Manifest, sha256_line
 from .manifest import _validator as manifest_validator
 from .manifest import contents as manifest_contents
 from .pgtools import StderrTail, Tool, find_tool, tool_env, tool_error
 from .settings import COMPRESSIONS, KINDS, Settings
-from .store import LocalStore, ObjectWriter, Store, open_store
+from .store import LocalStore, ObjectWriter, Store, encode_segment, open_store
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -85,16 +86,32 @@ class BackupResult:
 @dataclass(frozen=True)
 class _Plan:
     store: Store
-    key: str
+    key: str  # the name asked for; a backup to DEST may end under the next free name (see open_writer)
     fmt: str  # custom | directory-tar | plain
     compression: str  # zstd:1 | gzip:6 | none
     jobs: int
-    sha_name: str  # the file name written inside the .sha256 line
+    out_name: str | None = None  # --out: the file name written inside the .sha256 line, as the operator gave it
+    replace: bool = False  # --out --overwrite: replace the file and its companions
+
+    def open_writer(self) -> ObjectWriter:
+        """The archive's writer. Never replaces another backup: a backup to DEST that finds its name
+        taken (another run in the same second) takes the next free one, <name>.2.dump, …; `--out`
+        without --overwrite fails instead. The final key is `writer.key` once committed."""
+        if self.out_name is not None:
+            return self.store.open_writer(self.key, exclusive=not self.replace)
+        return self.store.open_writer(self.key, unique=True)
+
+    @property
+    def sha_name(self) -> str:
+        """The file name written inside the .sha256 line (`sha256sum -c` run beside the archive)."""
+        return self.out_name if self.out_name is not None else Path(self.key).name
 
 
 def archive_key(database: str, kind: str, when: datetime, ext: str) -> str:
-    """DESIGN.md §3: <database>/<kind>/<YYYY>/<MM>/db-backup-YYYYMMDD-HHMMSSZ.<ext>"""
-    return f"{database}/{kind}/{when:%Y}/{when:%m}/db-backup-{when:%Y%m%d-%H%M%S}Z.{ext}"
+    """DESIGN.md §3: <database>/<kind>/<YYYY>/<MM>/db-backup-YYYYMMDD-HHMMSSZ.<ext>, the database and kind
+    encoded as one path segment each (store.encode_segment: `..`, `a/b` or a newline cannot leave DEST)."""
+    return (f"{encode_segment(database)}/{encode_segment(kind)}/{when:%Y}/{when:%m}/"
+            f"db-backup-{when:%Y%m%d-%H%M%S}Z.{ext}")
 
 
 def _compression(compress: str | None, level: int, plain: bool) -> str:
@@ -126,15 +143,18 @@ def _plan(opts: BackupOptions, settings: Settings, database: str, when: datetime
         else:
             compression = _compression(opts.compress, settings.compress_level, plain=False)
             fmt = "directory-tar" if name.endswith(".tar") else "custom"
+        if any(c in opts.out for c in "\n\r"):
+            raise UsageError(f"--out {opts.out!r}: a line break in the path cannot be written in a .sha256 file")
         for path in (out, Path(f"{out}{SHA256_SUFFIX}"), Path(f"{out}{MANIFEST_SUFFIX}")):
             if path.exists() and not opts.overwrite:
                 raise PgrunbookError(f"{path} already exists: refusing to overwrite it (pass --overwrite)")
         jobs = _jobs(opts, settings) if fmt == "directory-tar" else 1
         # the .sha256 names the file as the operator gave it, like the runbook's `sha256sum "$OUT"`
         return _Plan(store=LocalStore(out.parent), key=out.name, fmt=fmt, compression=compression, jobs=jobs,
-                     sha_name=str(opts.out))
+                     out_name=str(opts.out), replace=opts.overwrite)
 
-    store = open_store(opts.dest or settings.backup_dest, kms_key_id=settings.kms_key_id,
+    # an empty --to is a usage error (open_store), not the default destination
+    store = open_store(settings.backup_dest if opts.dest is None else opts.dest, kms_key_id=settings.kms_key_id,
                        part_size_mb=settings.multipart_chunk_mb)
     compression = _compression(opts.compress, settings.compress_level, plain=False)
     jobs = _jobs(opts, settings)
@@ -147,11 +167,7 @@ def _plan(opts: BackupOptions, settings: Settings, database: str, when: datetime
         jobs = 1
     ext = "dump.tar" if fmt == "directory-tar" else "dump"
     key = archive_key(database, opts.kind, when, ext)
-    serial = 1
-    while store.exists(key):  # two backups within one second: never overwrite the first
-        serial += 1
-        key = archive_key(database, opts.kind, when, f"{serial}.{ext}")
-    return _Plan(store=store, key=key, fmt=fmt, compression=compression, jobs=jobs, sha_name=Path(key).name)
+    return _Plan(store=store, key=key, fmt=fmt, compression=compression, jobs=jobs)
 
 
 def _jobs(opts: BackupOptions, settings: Settings) -> int:
@@ -337,7 +353,7 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
         assert snapshot_row is not None
         snapshot = str(snapshot_row[0])
 
-        writer = plan.store.open_writer(plan.key)
+        writer = plan.open_writer()
         staging: Path | None = None
         try:
             sink = _HashingSink(writer, plan.store.uri(plan.key), parallel_hash=plan.fmt == "directory-tar")
@@ -398,6 +414,7 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
     finally:
         conn.close()
 
+    plan = dataclasses.replace(plan, key=writer.key)  # the name the archive was committed under
     counts, seqs, exts, roles = reader.counts, reader.seqs, reader.exts, reader.roles
     prisma, prisma_table, counts_seconds = reader.prisma, reader.prisma_table, reader.seconds
     digest = sink.hexdigest()
@@ -424,11 +441,14 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
                                                "migrations": prisma},
     })
     sha_key, manifest_key = plan.key + SHA256_SUFFIX, plan.key + MANIFEST_SUFFIX
+    written = [plan.key]  # only what this run wrote is removed on failure, never another run's file
     try:
-        plan.store.put_bytes(sha_key, sha256_line(digest, plan.sha_name).encode(), "text/plain")
-        plan.store.put_bytes(manifest_key, manifest.to_json().encode(), "application/json")
-    except (StoreError, ToolError, OSError):
-        for key in (manifest_key, sha_key, plan.key):
+        for key, data, content_type in ((sha_key, sha256_line(digest, plan.sha_name), "text/plain"),
+                                        (manifest_key, manifest.to_json(), "application/json")):
+            plan.store.put_bytes(key, data.encode(), content_type, exclusive=not plan.replace)
+            written.append(key)
+    except BaseException:
+        for key in reversed(written):
             try:
                 plan.store.delete(key)
             except StoreError:

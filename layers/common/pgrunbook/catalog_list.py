@@ -1,4 +1,7 @@
-"""The backups in a store, newest first (read from their manifests)."""
+"""The backups in a store, newest first (read from their manifests).
+
+An entry's database is the real name recorded in its manifest, never a folder name read back
+(folders hold the encoded name: store.encode_segment)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from typing import Any
 
 from .archive import iter_manifests
 from .settings import Settings
-from .store import open_store
+from .store import encode_segment, open_store
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class BackupEntry:
 def list_backups(dest: str | None = None, *, database: str | None = None, kind: str | None = None,
                  settings: Settings | None = None) -> list[BackupEntry]:
     settings = settings or Settings.from_env()
-    store = open_store(dest or settings.backup_dest)
+    store = open_store(settings.backup_dest if dest is None else dest)  # an empty DEST is a usage error
     entries = []
     for key, manifest in iter_manifests(store):
         if database and manifest.source.get("database") != database:
@@ -51,6 +54,11 @@ def list_backups(dest: str | None = None, *, database: str | None = None, kind: 
             sha256=manifest.sha256, format=manifest.archive_format))
     entries.sort(key=lambda e: e.finished_at, reverse=True)
     return entries
+
+
+def database_dest(dest: str, database: str) -> str:
+    """The folder / S3 prefix under dest that holds the backups of one database (its encoded name)."""
+    return f"{dest.rstrip('/')}/{encode_segment(database)}"
 
 
 def latest_backup(dest: str | None = None, **filters: Any) -> BackupEntry | None:

@@ -43,3 +43,7 @@ class TargetRefused(PgrunbookError):
 class PrivilegeRefused(TargetRefused):
     """The restoring role lacks a privilege the archive needs (becoming an owner role, creating an
     extension): refused before anything was created."""
+
+
+class ObjectExists(StoreError):
+    """The backup store already holds an object at that name: it is never replaced."""

@@ -1,31 +1,106 @@
 """Where backups live: an S3 bucket or a local folder, behind one small interface.
 
-A location is a URI: `s3://bucket/prefix/...` or a filesystem path. Writers stream: the
-S3 writer is a multipart upload with a bounded number of parts in flight (memory stays
-flat whatever the size), the folder writer writes `<name>.partial` and renames on commit.
-Either way an aborted write leaves nothing that looks like a finished object.
+A location is a URI: `s3://bucket/prefix/...` or a filesystem path. Keys are relative,
+'/'-separated, and never hold an empty, `.` or `..` segment (checked on every write and
+delete), so no key reaches outside its store. Names that come from outside (a database
+name, a kind) become key segments only through `encode_segment` (reversible, one-to-one).
+
+Writers stream: the S3 writer is a multipart upload with a bounded number of parts in flight
+(memory stays flat whatever the size); the folder writer writes a partial file whose name is
+unique to the writer (`<name>.<random>.partial`, created with O_EXCL) and moves it in place on
+commit. Either way an aborted or failed write leaves nothing that looks like a finished object,
+and no `.partial` behind it.
+
+Replacing: by default a commit replaces the object (reports, approvals). `exclusive=True` never
+replaces: the folder writer claims the final name with `os.link` (atomic, fails if the name
+exists), S3 writes with `If-None-Match: *` (PutObject and CompleteMultipartUpload), and a taken
+name raises ObjectExists. `unique=True` (backups) instead moves on to the next free name
+`<stem>.2.<ext>`, `<stem>.3.<ext>`, …: the folder writer at commit (link, next name on EEXIST);
+the S3 writer before it uploads, by creating the claim object `<key>.partial` with
+`If-None-Match: *` (deleted when the write ends), then completes with `If-None-Match: *` as
+well. `writer.key` is the final key once the writer committed.
+
+Every failure is a StoreError whose one line names the operation and the path or URI
+("cannot write /x/y.sha256: No space left on device"); no raw OSError leaves this module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import secrets
+import stat
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any, Protocol
+from urllib.parse import unquote
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import aws
-from .errors import StoreError
+from .errors import ObjectExists, StoreError, UsageError
+
+log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
+MAX_SERIAL = 1000  # `unique` writers try <stem>.2.<ext> … <stem>.1000.<ext>, then give up
+
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def encode_segment(name: str) -> str:
+    """A database name or a kind as ONE path segment and S3 key segment; `decode_segment` reverses it.
+
+    Each byte of the UTF-8 name outside [A-Za-z0-9_.-] is written %XX (uppercase hex), and so is a
+    leading '.' or '-': the result is never empty, '.', '..', hidden or option-like, never holds '/',
+    a control character or anything a shell or S3 tool treats specially. '%' itself is always encoded,
+    so the mapping is one-to-one. Ordinary names (app, my_db, app-2.v1) are unchanged; a 63-byte name
+    (Postgres' limit) stays within 189 characters, under every file system's 255."""
+    if not name:
+        raise UsageError("an empty name cannot be a path segment")
+    raw = name.encode("utf-8")
+    return "".join(chr(b) if b in _SAFE and not (i == 0 and b in b".-") else f"%{b:02X}"
+                   for i, b in enumerate(raw))
+
+
+def decode_segment(segment: str) -> str:
+    """The name `encode_segment` encoded."""
+    return unquote(segment, errors="strict")
+
+
+def numbered(key: str, serial: int) -> str:
+    """The serial-th candidate name for key: 'a/x.dump' (1), 'a/x.2.dump', 'a/x.3.dump', …"""
+    if serial <= 1:
+        return key
+    folder, _, name = key.rpartition("/")
+    stem, dot, ext = name.partition(".")
+    numbered_name = f"{stem}.{serial}{dot}{ext}"
+    return f"{folder}/{numbered_name}" if folder else numbered_name
+
+
+def check_key(key: str) -> str:
+    """A key to write or delete: relative, '/'-separated, no empty, '.' or '..' segment."""
+    if not key or any(part in ("", ".", "..") for part in key.split("/")):
+        raise UsageError(f"invalid object key {key!r}: empty, '.' or '..' segment")
+    return key
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _os_error(operation: str, path: Path | str, exc: OSError) -> StoreError:
+    return StoreError(f"cannot {operation} {path}: {_reason(exc)}")
 
 
 class ObjectWriter(Protocol):
+    key: str  # the object's key; with unique=True the final one once committed
+
     def write(self, data: bytes) -> None: ...
     def commit(self) -> None: ...
     def abort(self) -> None: ...
@@ -44,9 +119,10 @@ class Store(Protocol):
     base: str
 
     def uri(self, key: str) -> str: ...
-    def open_writer(self, key: str) -> ObjectWriter: ...
+    def open_writer(self, key: str, *, exclusive: bool = False, unique: bool = False) -> ObjectWriter: ...
     def open_reader(self, key: str) -> IO[bytes]: ...
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream", *,
+                  exclusive: bool = False) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
@@ -56,40 +132,125 @@ class Store(Protocol):
 
 
 # --------------------------------------------------------------------------- local folder
+def _claim_name(partial: Path, target: Path) -> None:
+    """Give the finished partial file the name target, never replacing: FileExistsError if taken."""
+    try:
+        os.link(partial, target)  # atomic; fails with EEXIST when target exists
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        # a file system without hard links: claim the name empty with O_EXCL, then move the data onto it
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        try:
+            os.replace(partial, target)
+        except OSError:
+            with contextlib.suppress(OSError):
+                target.unlink()
+            raise
+    else:
+        partial.unlink()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the new directory entry durable (best effort: not every file system allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class _FileWriter:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    def __init__(self, store: LocalStore, key: str, *, exclusive: bool, unique: bool) -> None:
+        self.store, self.key = store, check_key(key)
+        self.exclusive, self.unique = exclusive or unique, unique
+        path = store.path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh: IO[bytes] | None = open(self.partial, "wb")  # noqa: SIM115 - closed in commit/abort
         except OSError as exc:
-            raise StoreError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
+            raise _os_error("create folder", path.parent, exc) from None
+        while True:  # a name no other writer uses: concurrent writers of one key never share a file
+            self.partial = path.with_name(f"{path.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+            try:
+                self._fh: IO[bytes] | None = open(self.partial, "xb")  # noqa: SIM115 - closed in commit/abort
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise _os_error("write", path, exc) from None
+
+    @property
+    def path(self) -> Path:
+        return self.store.path(self.key)
 
     def write(self, data: bytes) -> None:
         assert self._fh is not None
         try:
             self._fh.write(data)
         except OSError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+            raise _os_error("write", self.path, exc) from None
 
     def commit(self) -> None:
-        assert self._fh is not None
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        self._fh = None
-        os.replace(self.partial, self.path)
+        fh, self._fh = self._fh, None
+        assert fh is not None
+        try:
+            try:
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fh.close()  # closes the file even when the flush fails (and then raises again)
+        except OSError as exc:
+            self._remove_partial()
+            raise _os_error("write", self.path, exc) from None
+        try:
+            self._move_in_place()
+        except BaseException:
+            self._remove_partial()
+            raise
+        _fsync_folder(self.path.parent)
+
+    def _move_in_place(self) -> None:
+        asked = self.key
+        if not self.exclusive:
+            try:
+                os.replace(self.partial, self.path)
+            except OSError as exc:
+                raise _os_error("create", self.path, exc) from None
+            return
+        for serial in range(1, (MAX_SERIAL if self.unique else 1) + 1):
+            self.key = numbered(asked, serial)
+            try:
+                _claim_name(self.partial, self.path)
+                return
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise _os_error("create", self.path, exc) from None
+        self.key = asked
+        if self.unique:
+            raise ObjectExists(f"{self.path} and its {MAX_SERIAL - 1} numbered variants already exist")
+        raise ObjectExists(f"{self.path} already exists: not replacing it")
+
+    def _remove_partial(self) -> None:
+        try:
+            self.partial.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove a partial file", extra={"path": str(self.partial), "error": _reason(exc)})
 
     def abort(self) -> None:
+        """Never raises: it runs while another error is on its way to the operator."""
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self.partial.unlink(missing_ok=True)
+            fh, self._fh = self._fh, None
+            with contextlib.suppress(OSError):
+                fh.close()  # may try to flush buffered bytes into a full disk: the fd is closed anyway
+        self._remove_partial()
 
 
 class LocalStore:
     def __init__(self, base: str | Path) -> None:
+        if not str(base).strip():
+            raise UsageError("the destination folder is empty: give a folder or s3://bucket/prefix")
         self.root = Path(base).expanduser()
         self.base = str(self.root)
 
@@ -99,17 +260,18 @@ class LocalStore:
     def uri(self, key: str) -> str:
         return str(self.path(key))
 
-    def open_writer(self, key: str) -> ObjectWriter:
-        return _FileWriter(self.path(key))
+    def open_writer(self, key: str, *, exclusive: bool = False, unique: bool = False) -> ObjectWriter:
+        return _FileWriter(self, key, exclusive=exclusive, unique=unique)
 
     def open_reader(self, key: str) -> IO[bytes]:
         try:
             return open(self.path(key), "rb")
         except OSError as exc:
-            raise StoreError(f"cannot read {self.path(key)}: {exc.strerror or exc}") from None
+            raise _os_error("read", self.path(key), exc) from None
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        writer = self.open_writer(key)
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream", *,
+                  exclusive: bool = False) -> None:
+        writer = self.open_writer(key, exclusive=exclusive)
         try:
             writer.write(data)
             writer.commit()
@@ -119,7 +281,10 @@ class LocalStore:
 
     def get_bytes(self, key: str) -> bytes:
         with self.open_reader(key) as fh:
-            return fh.read()
+            try:
+                return fh.read()
+            except OSError as exc:
+                raise _os_error("read", self.path(key), exc) from None
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -128,28 +293,41 @@ class LocalStore:
         try:
             return self.path(key).stat().st_size
         except OSError as exc:
-            raise StoreError(f"cannot read {self.path(key)}: {exc.strerror or exc}") from None
+            raise _os_error("read", self.path(key), exc) from None
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         start = self.path(prefix)
         if not start.exists():
             return []
         found = []
-        for path in start.rglob("*") if start.is_dir() else [start]:
-            if path.is_file():
+        try:
+            paths = list(start.rglob("*")) if start.is_dir() else [start]
+        except OSError as exc:
+            raise _os_error("list", start, exc) from None
+        for path in paths:
+            try:
                 st = path.stat()
+            except FileNotFoundError:
+                continue  # removed since listed (another run's partial file, say)
+            except OSError as exc:
+                raise _os_error("read", path, exc) from None
+            if stat.S_ISREG(st.st_mode):
                 found.append(ObjectInfo(key=path.relative_to(self.root).as_posix(), size=st.st_size,
                                         modified=st.st_mtime))
         return found
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        path = self.path(check_key(key))
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _os_error("delete", path, exc) from None
 
     def check_writable(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create backup folder {self.root}: {exc.strerror or exc}") from None
+            raise StoreError(f"cannot create backup folder {self.root}: {_reason(exc)}") from None
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StoreError(f"backup folder {self.root} is not writable")
 
@@ -167,6 +345,13 @@ def kind_tagging(key: str) -> dict[str, str]:
     return {}
 
 
+def _taken(exc: ClientError) -> bool:
+    """S3's answer to a conditional write whose key exists (412), or that raced another one (409)."""
+    code = exc.response.get("Error", {}).get("Code", "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412
+
+
 def _s3_error(exc: Exception, bucket: str, key: str = "") -> StoreError:
     where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
     if isinstance(exc, ClientError):
@@ -179,6 +364,8 @@ def _s3_error(exc: Exception, bucket: str, key: str = "") -> StoreError:
             return StoreError(f"access denied to {where} ({code})")
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
             return StoreError(f"{where} not found")
+        if _taken(exc):
+            return ObjectExists(f"{where} already exists: not replacing it")
         return StoreError(f"S3 error on {where}: {code} {exc.response.get('Error', {}).get('Message', '')}".strip())
     return StoreError(f"S3 unreachable for {where}: {exc}")
 
@@ -190,19 +377,60 @@ class _MultipartWriter:
 
     MAX_PARTS = 10_000  # S3's limit
 
-    def __init__(self, store: S3Store, key: str, part_size: int, in_flight: int = 1) -> None:
-        self.store, self.key, self.part_size = store, key, part_size
+    def __init__(self, store: S3Store, key: str, part_size: int, in_flight: int = 1, *,
+                 exclusive: bool = False, unique: bool = False) -> None:
+        self.store, self.key, self.part_size = store, check_key(key), part_size
+        self.exclusive = exclusive or unique
+        self._claim: str | None = None
         self._buffer = bytearray()
         self._parts: list[Future[dict[str, Any]]] = []
+        self.upload_id: str | None = None
+        if unique:
+            self.key = self._claim_name(key)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
         self._slots = threading.Semaphore(in_flight)
         try:
-            resp = store.s3.create_multipart_upload(Bucket=store.bucket, Key=store.full_key(key),
-                                                    **store.encryption_args(), **kind_tagging(key))
+            resp = store.s3.create_multipart_upload(Bucket=store.bucket, Key=store.full_key(self.key),
+                                                    **store.encryption_args(), **kind_tagging(self.key))
         except (ClientError, BotoCoreError) as exc:
             self._pool.shutdown()
-            raise _s3_error(exc, store.bucket, store.full_key(key)) from None
-        self.upload_id: str | None = resp["UploadId"]
+            self._release_claim()
+            raise _s3_error(exc, store.bucket, store.full_key(self.key)) from None
+        self.upload_id = resp["UploadId"]
+
+    def _claim_name(self, asked: str) -> str:
+        """The first free name among asked, <stem>.2.<ext>, …, claimed by creating <name>.partial
+        with If-None-Match: * (atomic in S3: of two concurrent claims exactly one succeeds)."""
+        store = self.store
+        for serial in range(1, MAX_SERIAL + 1):
+            key = numbered(asked, serial)
+            if store.exists(key):
+                continue
+            claim = key + PARTIAL_SUFFIX
+            try:
+                store.s3.put_object(Bucket=store.bucket, Key=store.full_key(claim), Body=b"", IfNoneMatch="*",
+                                    **store.encryption_args(), **kind_tagging(claim))
+            except ClientError as exc:
+                if _taken(exc):
+                    continue  # another run is writing this name
+                raise _s3_error(exc, store.bucket, store.full_key(key)) from None
+            except BotoCoreError as exc:
+                raise _s3_error(exc, store.bucket, store.full_key(key)) from None
+            self._claim = claim
+            if store.exists(key):  # finished (and its claim removed) between our two looks
+                self._release_claim()
+                continue
+            return key
+        raise ObjectExists(f"{store.uri(asked)} and its {MAX_SERIAL - 1} numbered variants already exist")
+
+    def _release_claim(self) -> None:
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            try:
+                self.store.s3.delete_object(Bucket=self.store.bucket, Key=self.store.full_key(claim))
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("could not remove a claim object", extra={"object": self.store.uri(claim),
+                                                                       "error": str(exc)})
 
     def _upload(self, number: int, data: bytearray) -> dict[str, Any]:
         try:
@@ -244,13 +472,17 @@ class _MultipartWriter:
             parts = [p.result() for p in self._parts]
             self.store.s3.complete_multipart_upload(
                 Bucket=self.store.bucket, Key=self.store.full_key(self.key), UploadId=self.upload_id,
-                MultipartUpload={"Parts": parts})
+                MultipartUpload={"Parts": parts}, **({"IfNoneMatch": "*"} if self.exclusive else {}))
         except (ClientError, BotoCoreError) as exc:
             self.abort()
             raise _s3_error(exc, self.store.bucket, self.store.full_key(self.key)) from None
+        except BaseException:
+            self.abort()
+            raise
         finally:
             self._pool.shutdown()
         self.upload_id = None
+        self._release_claim()
 
     def abort(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -259,6 +491,7 @@ class _MultipartWriter:
                 self.store.s3.abort_multipart_upload(Bucket=self.store.bucket,
                                                      Key=self.store.full_key(self.key), UploadId=self.upload_id)
             self.upload_id = None
+        self._release_claim()
 
 
 class S3Store:
@@ -266,8 +499,11 @@ class S3Store:
         rest = uri[len("s3://"):]
         self.bucket, _, prefix = rest.partition("/")
         if not self.bucket:
-            raise StoreError(f"invalid S3 URI {uri!r}: no bucket")
-        self.prefix = prefix.strip("/")
+            raise UsageError(f"invalid S3 URI {uri!r}: no bucket")
+        prefix = prefix.removesuffix("/")  # s3://bucket/prefix/ names the same place as s3://bucket/prefix
+        if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise UsageError(f"invalid S3 URI {uri!r}: the prefix has an empty, '.' or '..' segment")
+        self.prefix = prefix
         self.base = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.kms_key_id = kms_key_id
         self.part_size = max(part_size, 5 * 1024 * 1024)
@@ -277,7 +513,9 @@ class S3Store:
         return aws.client("s3")
 
     def full_key(self, key: str) -> str:
-        return str(PurePosixPath(self.prefix) / key) if self.prefix else key
+        if not self.prefix:
+            return key
+        return f"{self.prefix}/{key}" if key else self.prefix
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.full_key(key)}"
@@ -287,8 +525,8 @@ class S3Store:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
         return {"ServerSideEncryption": "AES256"}
 
-    def open_writer(self, key: str) -> ObjectWriter:
-        return _MultipartWriter(self, key, self.part_size)
+    def open_writer(self, key: str, *, exclusive: bool = False, unique: bool = False) -> ObjectWriter:
+        return _MultipartWriter(self, key, self.part_size, exclusive=exclusive, unique=unique)
 
     def open_reader(self, key: str) -> IO[bytes]:
         try:
@@ -297,16 +535,21 @@ class S3Store:
             raise _s3_error(exc, self.bucket, self.full_key(key)) from None
         return body  # type: ignore[no-any-return]
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream", *,
+                  exclusive: bool = False) -> None:
         try:
-            self.s3.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data, ContentType=content_type,
-                               **self.encryption_args(), **kind_tagging(key))
+            self.s3.put_object(Bucket=self.bucket, Key=self.full_key(check_key(key)), Body=data,
+                               ContentType=content_type, **self.encryption_args(), **kind_tagging(key),
+                               **({"IfNoneMatch": "*"} if exclusive else {}))
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(exc, self.bucket, self.full_key(key)) from None
 
     def get_bytes(self, key: str) -> bytes:
         with contextlib.closing(self.open_reader(key)) as body:
-            return body.read()
+            try:
+                return body.read()
+            except BotoCoreError as exc:
+                raise _s3_error(exc, self.bucket, self.full_key(key)) from None
 
     def _head(self, key: str) -> dict[str, Any] | None:
         try:
@@ -344,7 +587,7 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         try:
-            self.s3.delete_object(Bucket=self.bucket, Key=self.full_key(key))
+            self.s3.delete_object(Bucket=self.bucket, Key=self.full_key(check_key(key)))
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(exc, self.bucket, self.full_key(key)) from None
 
@@ -361,7 +604,7 @@ class S3Store:
 
 
 def open_store(dest: str, *, kms_key_id: str | None = None, part_size_mb: int = 16) -> Store:
-    """A store for `s3://bucket/prefix` or a folder path."""
+    """A store for `s3://bucket/prefix` or a folder path (an empty destination is a usage error)."""
     if dest.startswith("s3://"):
         return S3Store(dest, kms_key_id=kms_key_id, part_size=part_size_mb * 1024 * 1024)
     return LocalStore(dest)
@@ -377,9 +620,9 @@ def split_uri(uri: str) -> tuple[Store, str]:
 
 
 @contextlib.contextmanager
-def writing(store: Store, key: str) -> Iterator[ObjectWriter]:
+def writing(store: Store, key: str, *, exclusive: bool = False) -> Iterator[ObjectWriter]:
     """Open a writer that commits when the block ends normally and aborts otherwise."""
-    writer = store.open_writer(key)
+    writer = store.open_writer(key, exclusive=exclusive)
     try:
         yield writer
     except BaseException:

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..settings import COMPRESSIONS, KINDS
-from .common import add_json, emit, human_age, human_bytes
+from .common import add_json, emit, human_age, human_bytes, printable
 
 
 def register(sub: Any) -> None:
@@ -51,12 +51,15 @@ def register(sub: Any) -> None:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     from ..backup import BackupOptions, run_backup
+    from ..store import open_store
 
+    if args.dest is not None and args.out is None:
+        open_store(args.dest)  # an empty --to or a bad s3:// prefix is a usage error before connecting
     result = run_backup(BackupOptions(database_url=args.database_url, dest=args.dest, out=args.out, kind=args.kind,
                                       compress=args.compress, jobs=args.jobs, overwrite=args.overwrite,
                                       app_version=args.app_version))
     emit(args, result.to_dict(), lambda: (
-        f"backup of {result.database} done in {result.seconds:.1f}s\n"
+        f"backup of {printable(result.database)} done in {result.seconds:.1f}s\n"
         f"  archive   {result.archive} ({human_bytes(result.bytes)}, {result.format})\n"
         f"  manifest  {result.manifest}\n"
         f"  sha256    {result.sha256}\n"
@@ -87,7 +90,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                  f"{'ROWS':>12}  ARCHIVE"]
         for b in backups:
             lines.append(f"{b.finished_at[:19].replace('T', ' '):<20} {human_age(b.age_seconds):>6} {b.kind:<13} "
-                         f"{b.database[:16]:<16} {human_bytes(b.bytes):>9} {b.tables:>6} {b.rows:>12}  {b.archive}")
+                         f"{printable(b.database):<16} {human_bytes(b.bytes):>9} {b.tables:>6} {b.rows:>12}  "
+                         f"{b.archive}")
         return "\n".join(lines)
 
     emit(args, {"backups": rows}, text)

@@ -22,6 +22,13 @@ def emit(args: argparse.Namespace, data: dict[str, Any], text: Callable[[], str]
     sys.stdout.flush()
 
 
+def printable(text: str) -> str:
+    """text on one line of a terminal: control and other non-printable characters escaped (\\n, \\x1b, …).
+    For names that Postgres allows but a table row cannot show (a database name with a newline);
+    --json prints them exactly."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1024 or unit == "TB":
