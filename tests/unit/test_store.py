@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -135,6 +136,28 @@ def test_exclusive_folder_put_never_replaces(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["a.sha256"]
     store.put_bytes("a.sha256", b"replaced")  # the default still replaces (reports, approvals)
     assert (tmp_path / "a.sha256").read_bytes() == b"replaced"
+
+
+def test_without_hard_links_the_final_name_is_still_claimed_without_replacing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a file system that refuses hard links (EPERM, as some FUSE and SMB mounts do)
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    store = LocalStore(tmp_path)
+    first = store.open_writer("x.dump", unique=True)
+    second = store.open_writer("x.dump", unique=True)
+    first.write(b"first")
+    second.write(b"second")
+    first.commit()
+    second.commit()
+    # Then each writer still ends under its own name, and nothing else is left
+    assert (first.key, second.key) == ("x.dump", "x.2.dump")
+    assert (tmp_path / "x.dump").read_bytes() == b"first" and (tmp_path / "x.2.dump").read_bytes() == b"second"
+    with pytest.raises(ObjectExists):
+        store.put_bytes("x.dump", b"third", exclusive=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.2.dump", "x.dump"]
 
 
 @mock_aws
