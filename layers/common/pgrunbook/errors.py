@@ -47,3 +47,39 @@ class PrivilegeRefused(TargetRefused):
 
 class ObjectExists(StoreError):
     """The backup store already holds an object at that name: it is never replaced."""
+
+
+class LockTimeout(PgrunbookError):
+    """A table lock was not granted within the configured wait (`--lock-wait-timeout`); the message
+    names the table and the session(s) blocking it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT (or a watchdog before a time limit) stopped the operation.
+
+    Deliberately a KeyboardInterrupt, not a PgrunbookError: no `except Exception` or
+    `except PgrunbookError` on the way up may swallow it, only `finally` / `except BaseException`
+    blocks run (they stop child processes and remove partial output), and psycopg cancels a
+    running query on it. The CLI turns it into one line and exit status 128 + signal number
+    (143 for SIGTERM, 130 for SIGINT). `detail` says what was cleaned up or what to do next."""
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(signum, detail)
+        self.signum = signum
+        self.detail = detail
+
+    @property
+    def signal_name(self) -> str:
+        import signal
+
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        return f"interrupted by {self.signal_name}" + (f": {self.detail}" if self.detail else "")
