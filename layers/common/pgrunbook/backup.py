@@ -34,13 +34,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, catalog
+import psycopg
+
+from . import __version__, catalog, lockwait
 from .dburl import DatabaseUrl
 from .errors import PgrunbookError, StoreError, UsageError
 from .manifest import MANIFEST_SUFFIX, MANIFEST_VERSION, SHA256_SUFFIX, Manifest, sha256_line
 from .manifest import _validator as manifest_validator
 from .manifest import contents as manifest_contents
-from .pgtools import StderrTail, Tool, find_tool, tool_env, tool_error
+from .pgtools import StderrTail, Tool, ToolProcess, find_tool, guard_path, spawn, tool_env, tool_error
 from .settings import COMPRESSIONS, KINDS, Settings
 from .store import LocalStore, ObjectWriter, Store, encode_segment, open_store
 
@@ -59,6 +61,7 @@ class BackupOptions:
     jobs: int | None = None  # parallel dump processes (None: by CPU count); 1 forces streaming
     overwrite: bool = False
     app_version: str | None = None
+    lock_wait_timeout: float | None = None  # seconds to wait for a table lock (None: settings; 0: forever)
 
 
 @dataclass
@@ -233,13 +236,22 @@ class _HashingSink:
 
 
 
-def _dump_args(dump: Tool, url: DatabaseUrl, snapshot: str, plan: _Plan) -> list[str]:
+def _dump_args(dump: Tool, url: DatabaseUrl, snapshot: str, plan: _Plan, lock_wait: float) -> list[str]:
     args = [str(dump.path), f"--dbname={url.conninfo()}", f"--snapshot={snapshot}", "--no-password"]
+    if lock_wait > 0:
+        args.append(f"--lock-wait-timeout={lockwait.limit_ms(lock_wait)}")
     if plan.fmt == "plain":
         args += ["--format=plain"]
     elif plan.fmt == "custom":
         args += ["--format=custom", f"--compress={plan.compression.replace('none', '0')}"]
     return args
+
+
+def _dump_failed(returncode: int, stderr: str, watch: lockwait.LockWatch) -> PgrunbookError:
+    """pg_dump's failure as one line: a LockTimeout naming the table and who blocks it, or its first error."""
+    if lockwait.dump_gave_up_on_lock(stderr):
+        return watch.timeout_error()
+    return tool_error("pg_dump", returncode, stderr)
 
 
 def _pump_stream(proc: subprocess.Popen[bytes], sink: _HashingSink, gzip_level: int | None) -> None:
@@ -339,7 +351,11 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
     started = datetime.now(UTC)
     t0 = time.monotonic()
 
-    conn = catalog.connect(url, autocommit=True, application="pgrunbook-backup")
+    lock_wait = settings.lock_wait_timeout if opts.lock_wait_timeout is None else opts.lock_wait_timeout
+    if lock_wait < 0:
+        raise UsageError("--lock-wait-timeout must be 0 (wait forever) or more seconds")
+    tag = lockwait.new_tag()  # application_name of every session of this backup (see lockwait)
+    conn = catalog.connect(url, autocommit=True, application=tag)
     try:
         identity = catalog.server_identity(conn)
         dump = find_tool("pg_dump", min_major=identity.major, pg_bin=settings.pg_bin)
@@ -348,6 +364,7 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
         log.info("backup started", extra={"source": url.display(), "archive": plan.store.uri(plan.key),
                                           "format": plan.fmt, "jobs": plan.jobs})
 
+        lockwait.bound_session(conn, lock_wait, identity.major)
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snapshot_row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert snapshot_row is not None
@@ -355,23 +372,30 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
 
         writer = plan.open_writer()
         staging: Path | None = None
+        staging_guard = None
+        proc: ToolProcess | None = None
+        pumper: threading.Thread | None = None
+        watch = lockwait.LockWatch(url, tag, lock_wait)
         try:
             sink = _HashingSink(writer, plan.store.uri(plan.key), parallel_hash=plan.fmt == "directory-tar")
-            args = _dump_args(dump, url, snapshot, plan)
+            args = _dump_args(dump, url, snapshot, plan, lock_wait)
             if plan.fmt == "directory-tar":
                 staging = Path(tempfile.mkdtemp(prefix="pgrunbook-dump-"))
+                staging_guard = guard_path(staging)
                 # --no-sync: the staged files are temporary; only the packed archive is flushed to disk
                 args += ["--format=directory", f"--jobs={plan.jobs}", "--no-sync",
                          f"--compress={plan.compression.replace('none', '0')}", f"--file={staging / 'dump'}"]
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                    env=tool_env(url.tool_env()))
+            watch.start()
+            proc = spawn(args, env=tool_env({**url.tool_env(), "PGAPPNAME": tag}, server_major=identity.major))
             assert proc.stderr is not None
             errors = StderrTail(proc.stderr)
             if on_dump_started:
                 on_dump_started(proc)
             pump_error: list[BaseException] = []
+            counting = threading.Event()  # set while the counts run on `conn`
 
             def pump() -> None:
+                assert proc is not None
                 try:
                     if plan.fmt == "directory-tar":
                         assert proc.stdout is not None
@@ -382,34 +406,63 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
                 except BaseException as exc:
                     pump_error.append(exc)
                     proc.kill()
+                # pg_dump failed (e.g. it gave up waiting for a lock) while the counts still run: cancel them
+                # rather than let them wait out a lock of their own
+                if proc.wait() != 0 and counting.is_set():
+                    try:
+                        conn.cancel_safe(timeout=10)
+                    except (psycopg.Error, OSError) as exc:
+                        log.debug("could not cancel the counts", extra={"reason": str(exc)})
 
             pumper = threading.Thread(target=pump, name="pg_dump-pump", daemon=True)
             pumper.start()
 
             # The counts run now, in the exported snapshot, while pg_dump dumps it.
             reader = _CatalogReader(conn)
-            reader.run()
+            counting.set()
+            try:
+                reader.run()
+            except psycopg.Error as exc:
+                counting.clear()
+                if proc.poll() not in (None, 0):  # pg_dump failed first and the counts were cancelled
+                    pumper.join()
+                    raise _dump_failed(proc.wait(), errors.text, watch) from None
+                if isinstance(exc, psycopg.errors.LockNotAvailable):
+                    raise watch.timeout_error() from None
+                raise
+            finally:
+                counting.clear()
 
             pumper.join()
             returncode = proc.wait()
             if pump_error:
                 raise pump_error[0]
             if returncode != 0:
-                raise tool_error("pg_dump", returncode, errors.text)
+                raise _dump_failed(returncode, errors.text, watch)
+            watch.stop()
             if staging is not None:
                 _tar_directory(staging / "dump", sink)
             sink.close()
             writer.commit()
         except BaseException:
+            # stop pg_dump and its workers before touching what they write, then remove what was written
+            if proc is not None:
+                proc.stop()
+            if pumper is not None:
+                pumper.join(timeout=30)
             if "sink" in locals():
                 sink.close()
             writer.abort()
-            if "proc" in locals() and proc.poll() is None:
-                proc.kill()
+            watch.stop()
+            if proc is not None:
+                watch.end_sessions(keep=[conn.info.backend_pid])
             raise
         finally:
+            watch.stop()
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
+                if staging_guard is not None:
+                    staging_guard.release()
         conn.execute("COMMIT")
     finally:
         conn.close()

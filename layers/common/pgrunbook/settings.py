@@ -39,6 +39,7 @@ class Settings:
     dump_jobs: int = 0  # 0 = choose by CPU count
     multipart_chunk_mb: int = 16
     min_free_space_factor: float = 1.5
+    lock_wait_timeout: int = 120  # seconds a backup waits for a table lock (0: forever)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -52,6 +53,7 @@ class Settings:
             compress_level=_int(env, "PGRUNBOOK_COMPRESS_LEVEL", 1),
             dump_jobs=_int(env, "PGRUNBOOK_DUMP_JOBS", 0),
             multipart_chunk_mb=_int(env, "PGRUNBOOK_MULTIPART_CHUNK_MB", 16),
+            lock_wait_timeout=_int(env, "PGRUNBOOK_LOCK_WAIT_TIMEOUT", 120),
         )
 
     def require(self, name: str) -> str:

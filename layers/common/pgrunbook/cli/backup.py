@@ -30,6 +30,9 @@ def register(sub: Any) -> None:
                    help="parallel pg_dump processes (default: CPU count; 1 streams with no local staging)")
     p.add_argument("--app-version", metavar="VERSION", help="application version to record in the manifest")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file given by --out")
+    p.add_argument("--lock-wait-timeout", type=float, metavar="SECONDS",
+                   help="how long to wait for a table lock another session holds before failing, naming the table "
+                        "and the blocking session (default: $PGRUNBOOK_LOCK_WAIT_TIMEOUT or 120; 0 waits forever)")
     add_json(p)
     p.set_defaults(handler=cmd_backup)
 
@@ -57,7 +60,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         open_store(args.dest)  # an empty --to or a bad s3:// prefix is a usage error before connecting
     result = run_backup(BackupOptions(database_url=args.database_url, dest=args.dest, out=args.out, kind=args.kind,
                                       compress=args.compress, jobs=args.jobs, overwrite=args.overwrite,
-                                      app_version=args.app_version))
+                                      app_version=args.app_version, lock_wait_timeout=args.lock_wait_timeout))
     emit(args, result.to_dict(), lambda: (
         f"backup of {printable(result.database)} done in {result.seconds:.1f}s\n"
         f"  archive   {result.archive} ({human_bytes(result.bytes)}, {result.format})\n"
