@@ -5,6 +5,8 @@ Event: {"action": "plan"|"lint"|"backup"|"apply"|"status", "database": "app",
         "lint": "strict"|"warn"|"off", "lock_timeout": "5s", "statement_timeout": "30min"}
 Failures raise (errorType = the exception's class: NotManaged, FailedMigrationsPresent, LockBusy,
 MigrationFailed, ...) so the state machine's Catch names them in the notification.
+{"action": "describe-error", "error": {"Error", "Cause"}} returns the error as {"Error", "Cause": one
+line} for that notification (the same description as the report function's).
 Metrics (dimension Database): MigrationsPending, MigrationLintErrors, PreMigrationBackupSeconds,
 MigrationsApplied, MigrationFailed, MigrationsUpToDate.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgrunbook.lambda_support import database_config, database_url, emit_metrics, powertools
+from pgrunbook.lambda_support import database_config, database_url, described_error, emit_metrics, powertools
 from pgrunbook.migrations.service import MigrateEvent, handle
 from pgrunbook.settings import Settings
 
@@ -22,6 +24,8 @@ tools = powertools()
 
 @tools.handler()
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    if isinstance(event, dict) and event.get("action") == "describe-error":
+        return described_error(event.get("error"))
     ev = MigrateEvent.parse(event)
     url = database_url(database_config(ev.database))
     try:

@@ -5,6 +5,7 @@ Events: {"action": "backup-summary", "kind", "execution", "results": [...]}
         {"action": "restore-report", "execution", "plan", "target", "restore", "verify", "error"}
         {"action": "request-approval", "task_token", "execution", "plan", "target", "verify"}
         {"action": "metrics"}   (EventBridge Scheduler, hourly)
+        {"action": "describe-error", "error": {"Error", "Cause"}}  -> {"Error", "Cause": one line}
 """
 
 from __future__ import annotations
@@ -33,4 +34,6 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return out
     if ev.action == "request-approval":
         return reporting.request_approval(ev.data, settings)
+    if ev.action == "describe-error":
+        return reporting.describe_error(ev.data)
     return reporting.age_metrics(settings, tools.metrics)

@@ -107,7 +107,7 @@ def test_bad_input_fails_fast_before_provisioning(cloud: LocalCloud) -> None:
         ex = cloud.run("RestoreStateMachine", payload)
         assert ex.status == "FAILED", payload
         assert ex.error == error and text in (ex.cause or ""), (payload, ex.error, ex.cause)
-        assert ex.states_entered() == ["Plan", "NotifyFailure", "Failed"]
+        assert ex.states_entered() == ["Plan", "DescribeError", "NotifyFailure", "Failed"]
         ((subject, message),) = cloud.notifications()[seen:]
         assert subject == "pgrunbook restore FAILED" and text in message
     assert cloud.adapter is not None

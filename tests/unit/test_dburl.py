@@ -121,6 +121,8 @@ def test_every_connection_form_survives_the_secret_round_trip() -> None:
             back = DatabaseUrl.from_secret(secret)
             assert _seen(back) == expected, (form, secret)
             assert _seen(DatabaseUrl.parse(back.secret_conninfo())) == expected, form
+            as_url = expected if password != "" else (*expected[:3], None, expected[4])  # `u:@h` reads as none
+            assert _seen(DatabaseUrl.parse(back.secret_url())) == as_url, (form, back.secret_url())
             assert "password" not in conninfo_to_dict(back.conninfo())  # argv-safe form stays without it
             checked += 1
     assert checked == 450
@@ -147,3 +149,8 @@ def test_from_secret_explicit_values_win_and_bad_ports_are_refused() -> None:
     assert url.password == "p w"
     with pytest.raises(UsageError, match="not a port number"):
         DatabaseUrl.from_secret({**secret, "port": "fivefour"})
+
+
+def test_mask_secrets_covers_the_ssl_key_passphrase() -> None:
+    masked = mask_secrets("host=h sslpassword=keypass sslkey=/k.pem password = 'a b'")
+    assert "keypass" not in masked and "a b" not in masked and "sslkey=/k.pem" in masked

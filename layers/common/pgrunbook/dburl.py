@@ -21,17 +21,20 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .errors import UsageError
 
 _URI_PASSWORD = re.compile(r"(?P<pre>postgres(?:ql)?://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<post>@)")
-_KV_PASSWORD = re.compile(r"(?P<pre>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)")
+_PLAIN_HOST = re.compile(r"[A-Za-z0-9._-]+")
+_KV_PASSWORD = re.compile(r"(?P<pre>\b(?:ssl)?password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)")
 
 
 def mask_secrets(text: str) -> str:
-    """Replace every password in URLs or key=value conninfo found in text with '***'."""
+    """Replace every password in URLs or key=value conninfo (password=, sslpassword=) found in text
+    with '***'."""
     text = _URI_PASSWORD.sub(lambda m: f"{m['pre']}***{m['post']}", text)
     return _KV_PASSWORD.sub(lambda m: f"{m['pre']}***", text)
 
@@ -83,6 +86,24 @@ class DatabaseUrl:
         """libpq conninfo WITH the password: only for a process's own connection string (never argv,
         logs or messages)."""
         return make_conninfo("", **self.connect_kwargs())
+
+    def secret_url(self) -> str:
+        """A postgresql:// URL WITH the password (same rules as secret_conninfo): every value
+        percent-encoded; the host in the authority when it is a plain name or address, otherwise
+        (a socket directory, several hosts, an IPv6 address) as ?host=."""
+        params = dict(self.params)
+        user, dbname = params.pop("user", None), params.pop("dbname")
+        auth = ""
+        if user is not None or self.password is not None:
+            auth = quote(user or "", safe="") + (f":{quote(self.password, safe='')}" if self.password else "") + "@"
+        host, port = params.get("host"), params.get("port")
+        netloc = ""
+        if host and _PLAIN_HOST.fullmatch(host) and (port is None or port.isdigit()):
+            netloc = host + (f":{port}" if port else "")
+            params.pop("host")
+            params.pop("port", None)
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+        return f"postgresql://{auth}{netloc}/{quote(dbname, safe='')}" + (f"?{query}" if query else "")
 
     def to_secret(self) -> dict[str, Any]:
         """This target as an RDS-style secret. What libpq would take from the environment or the

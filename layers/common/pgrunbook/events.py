@@ -219,7 +219,7 @@ class ReportEvent:
     action: str
     data: dict[str, Any] = field(default_factory=dict)
 
-    ACTIONS = ("backup-summary", "restore-report", "request-approval", "metrics")
+    ACTIONS = ("backup-summary", "restore-report", "request-approval", "metrics", "describe-error")
 
     @classmethod
     def parse(cls, event: Any) -> ReportEvent:
