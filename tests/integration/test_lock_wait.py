@@ -8,11 +8,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -26,74 +23,28 @@ from pgrunbook.errors import LockTimeout
 from pgrunbook.settings import Settings
 from tests.conftest import cli_env
 from tests.fixtures.hostile_names import random_names
+from tests.fixtures.processes import Locker, backup_sessions, make_table, one_error_line, pgrunbook, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 TABLE = "Order Items"  # a name that needs quoting
 
 
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    """Poll `predicate` until it returns something truthy (the timeout only stops a hung test)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def backup_sessions(url: str) -> list[tuple[Any, ...]]:
-    """Sessions of any pgrunbook backup (pg_dump's, the counts', the lock watch's) on the server."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute("SELECT pid, application_name, state FROM pg_stat_activity "
-                            "WHERE application_name LIKE 'pgrunbook-backup-%'").fetchall()
+def make_tables(url: str, rows: int = 1000) -> None:
+    make_table(url, TABLE, rows)
+    make_table(url, "other", 10)
 
 
 def assert_no_backup_session_left(url: str) -> None:
     wait_until(lambda: not backup_sessions(url), "the backup's sessions to leave the server")
 
 
-def make_table(url: str, name: str = TABLE, rows: int = 1000) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text)").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("INSERT INTO {} SELECT i, md5(i::text) FROM generate_series(1, %s) i").format(
-            sql.Identifier(name)), (rows,))
-        conn.execute("CREATE TABLE other (id int)")
-
-
-class Locker:
-    """Another session holding ACCESS EXCLUSIVE on a table in an open transaction."""
-
-    def __init__(self, url: str, table: str, application: str = "report-job") -> None:
-        self.conn = psycopg.connect(url, application_name=application)
-        self.conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
-        self.pid = self.conn.info.backend_pid
-
-    def release(self) -> None:
-        if not self.conn.closed:
-            self.conn.rollback()
-            self.conn.close()
-
-
 @pytest.fixture()
 def locked_db(fresh_db: str) -> Iterator[tuple[str, Locker]]:
-    make_table(fresh_db)
+    make_tables(fresh_db)
     locker = Locker(fresh_db, TABLE)
     yield fresh_db, locker
     locker.release()
-
-
-def one_error_line(stderr: str) -> str:
-    lines = [ln for ln in stderr.splitlines() if ln.startswith("pgrunbook: error:")]
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr
-    return lines[0]
-
-
-def pgrunbook(*args: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "pgrunbook"), *args]
 
 
 @pytest.mark.parametrize("where", ["folder", "s3"])
@@ -167,7 +118,7 @@ def test_counting_connection_gives_up_on_a_lock_taken_after_the_dump(fresh_db: s
     """The exact counts run beside pg_dump, in the same snapshot, and take their own share locks: a
     lock taken between pg_dump's and theirs blocks only them, and lock_timeout on the counting
     connection ends that wait with the same one line."""
-    make_table(fresh_db, rows=100)
+    make_tables(fresh_db, rows=100)
     locker: list[Locker] = []
 
     def after_dump_started(dump: subprocess.Popen[bytes]) -> None:

@@ -28,7 +28,7 @@ from typing import IO, Any
 from .catalog import legacy_name
 from .errors import PgrunbookError, StoreError, UsageError
 from .manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest, parse_sha256_file
-from .pgtools import Tool, find_tool, tool_env, tool_error
+from .pgtools import Tool, find_tool, run_captured, spawn, stop_on_error, tool_env, tool_error
 from .store import Store, split_uri
 
 CHUNK = 1024 * 1024
@@ -148,10 +148,9 @@ class ArchiveReport:
 
 def _list_custom(reader: HashingReader, pg_restore: Tool) -> tuple[int, str, str]:
     """Feed the stream to `pg_restore --list` (it reads only the TOC), hash the rest."""
-    proc = subprocess.Popen([str(pg_restore.path), "--list"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=tool_env())
+    proc = spawn([str(pg_restore.path), "--list"], env=tool_env(), stdin=subprocess.PIPE)
     assert proc.stdin is not None
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with stop_on_error(proc), tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         def drain(src: IO[bytes] | None, dst: IO[bytes]) -> None:
             assert src is not None
             for chunk in iter(lambda: src.read(CHUNK), b""):
@@ -199,7 +198,7 @@ def _list_directory_tar(reader: HashingReader, pg_restore: Tool) -> tuple[int, s
         reader.drain()
         if not found_toc:
             return 1, "", "the archive holds no toc.dat"
-        proc = subprocess.run([str(pg_restore.path), "--list", tmp], capture_output=True, env=tool_env())
+        proc = run_captured([str(pg_restore.path), "--list", tmp], env=tool_env())
         return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
 
 

@@ -4,6 +4,8 @@ The report's timings are the measured recovery time: download (fetch + checksum 
 (pg_restore/psql), analyze/reset (production settings + ANALYZE), verify; `seconds_per_gb` is
 (download + restore + analyze/reset) per GB (10^9 bytes) of the source database's size.
 A drill never raises for a failed step: the report says what failed (`verified` False, `error`).
+Only a usage error and an interruption (SIGTERM/SIGINT: `Interrupted`) propagate, both after the
+provisioned target was torn down (unless --keep); the restore inside has then stopped its pg tools.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from .archive import ArchiveRef
 from .catalog_list import latest_backup
 from .dburl import mask_secrets
-from .errors import PgrunbookError, UsageError
+from .errors import Interrupted, PgrunbookError, UsageError
 from .provision import ProvisionedTarget, Provisioner, get_provisioner
 from .restore import RestoreOptions, RestoreResult, run_restore
 from .settings import Settings
@@ -175,8 +177,14 @@ def run_drill(opts: DrillOptions, settings: Settings | None = None,
     except Exception as exc:  # a drill reports; it does not crash the monthly schedule
         log.exception("drill failed unexpectedly")
         report.error = f"{type(exc).__name__}: {mask_secrets(str(exc))}"
-    except BaseException:  # interrupted: still remove what was provisioned
+    except BaseException as exc:  # interrupted (SIGTERM, SIGINT, a deadline): still remove what was provisioned
         _teardown(provisioner, target, report, opts.keep)
+        if isinstance(exc, Interrupted):
+            where = "" if target is None else (
+                f"; its target {target.name} was kept (marked FAILED)" if report.kept else
+                f"; its target {target.name} was removed" if "teardown" in report.timings and not report.error else
+                f"; {report.error}" if report.error else "")
+            exc.detail = f"the drill stopped before it finished{where}"
         raise
     _teardown(provisioner, target, report, opts.keep)
     report.timings["total"] = time.monotonic() - t_all

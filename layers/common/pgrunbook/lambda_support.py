@@ -9,6 +9,14 @@
   masked, never a stack trace (error_line for an exception, describe_failure for a Catch's
   {"Error", "Cause"}; see "errors" below).
 
+- the deadline watchdog (with_deadline, in every handler): Lambda ends a function at its timeout
+  without a signal, which would leave pg_dump/pg_restore/psql running and a multipart upload, a
+  work folder and a restore target's "in progress" mark behind. So a handler stops itself first:
+  PGRUNBOOK_DEADLINE_MARGIN_SECONDS (default 20, at most a quarter of the time left) before the
+  deadline, read from context.get_remaining_time_in_millis(), SIGALRM raises `Interrupted` in the
+  main thread, and the operation cleans up as on SIGTERM (stops its pg tools, removes partial
+  output, marks a restore target FAILED); the handler then fails with DeadlineExceeded.
+
 Configuration (environment of the functions, set by template.yaml):
   PGRUNBOOK_DATABASES  [{"name": "app", "secret_arn": "arn:...", "host": "...", "port": 5432,
                          "dbname": "app" (default: name), "sslmode": "require"}, ...]
@@ -22,13 +30,16 @@ import functools
 import json
 import os
 import re
+import signal
+import threading
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 from . import aws
-from .errors import PgrunbookError, UsageError
+from .errors import Interrupted, PgrunbookError, UsageError
 
 DATABASES_ENV = "PGRUNBOOK_DATABASES"
 METRICS_NAMESPACE = "pgrunbook"
@@ -202,12 +213,105 @@ class Powertools:
         that leave it as one line (one_line_errors)."""
 
         def wrap(fn: Handler) -> Handler:
+            fn = with_deadline(fn)  # innermost: stop and clean up before Lambda's timeout
             fn = self.metrics.log_metrics(raise_on_empty_metrics=False)(fn)
             fn = self.tracer.capture_lambda_handler(capture_response=False)(fn)
             fn = self.logger.inject_lambda_context(log_event=log_event)(fn)
             return one_line_errors(fn, self.logger)  # what leaves the handler: one line (trace logged)
 
         return wrap
+
+
+# --------------------------------------------------------------------------- the deadline watchdog
+DEADLINE_MARGIN_ENV = "PGRUNBOOK_DEADLINE_MARGIN_SECONDS"
+DEFAULT_DEADLINE_MARGIN = 20.0
+
+
+class DeadlineExceeded(PgrunbookError):
+    """The function stopped itself shortly before its Lambda time limit, after stopping its pg tools
+    and removing partial output (a restore target is marked FAILED)."""
+
+
+def _margin(env: Mapping[str, str] | None = None) -> float:
+    raw = (os.environ if env is None else env).get(DEADLINE_MARGIN_ENV, "")
+    try:
+        return max(float(raw), 0.0) if raw else DEFAULT_DEADLINE_MARGIN
+    except ValueError:
+        raise ConfigError(f"{DEADLINE_MARGIN_ENV} must be a number of seconds, got {raw!r}") from None
+
+
+class _Watchdog:
+    """Fires once, `margin` seconds before the deadline. In the main thread (Lambda runs handlers
+    there) SIGALRM raises Interrupted where the handler is, even inside a blocking call; elsewhere
+    (the local runner's threads) a timer stops the pg tools, so the operation fails on their exit."""
+
+    def __init__(self, context: Any) -> None:
+        self.fired = False
+        self._alarm = False
+        self._previous: Any = None
+        self._timer: threading.Timer | None = None
+        remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+        left = remaining_ms() / 1000 if callable(remaining_ms) else None
+        if not left or left <= 0:
+            self.left = self.margin = 0.0
+            return
+        self.left = float(left)
+        self.margin = min(_margin(), self.left / 4)
+        after = max(self.left - self.margin, 0.001)
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGALRM, self._on_alarm)
+            self._alarm = True
+            signal.setitimer(signal.ITIMER_REAL, after)
+        else:
+            self._timer = threading.Timer(after, self._on_timer)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if self.fired:
+            return
+        self.fired = True
+        raise Interrupted(signum)
+
+    def _on_timer(self) -> None:
+        from .pgtools import stop_all
+
+        self.fired = True
+        stop_all(grace=2)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        elif self._alarm:
+            self._alarm = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous if self._previous is not None else signal.SIG_DFL)
+
+    def error(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"stopped {self.margin:.0f}s before the function's time limit ({self.left:.0f}s were left when it "
+            "started): its pg tools were stopped and partial output removed; give the function a longer "
+            "Timeout or run this database on Fargate (PGRUNBOOK_FARGATE)")
+
+
+def with_deadline(fn: Handler) -> Handler:
+    """Wrap a handler with the deadline watchdog (see the module doc); a failure after the watchdog
+    fired leaves as DeadlineExceeded."""
+
+    @functools.wraps(fn)
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        watch = _Watchdog(context)
+        try:
+            try:
+                return fn(event, context)
+            finally:
+                watch.cancel()
+        except (Interrupted, Exception):
+            if watch.fired:
+                raise watch.error() from None
+            raise
+
+    return handler
 
 
 def powertools() -> Powertools:

@@ -55,9 +55,17 @@ from .archive import (
     toc_owners,
 )
 from .dburl import DatabaseUrl, mask_secrets
-from .errors import ChecksumMismatch, PgrunbookError, PrivilegeRefused, StoreError, TargetRefused, UsageError
+from .errors import (
+    ChecksumMismatch,
+    Interrupted,
+    PgrunbookError,
+    PrivilegeRefused,
+    StoreError,
+    TargetRefused,
+    UsageError,
+)
 from .manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest
-from .pgtools import StderrTail, Tool, find_tool, tool_env
+from .pgtools import StderrTail, Tool, ToolProcess, find_tool, guard_path, run_captured, spawn, tool_env
 from .settings import Settings
 from .store import LocalStore
 
@@ -162,6 +170,22 @@ def database_mark(conn: psycopg.Connection[Any]) -> str | None:
     return None
 
 
+class TargetMarked(TargetRefused):
+    """The target carries the mark of an earlier restore that failed, was interrupted or killed: it may
+    hold part of an archive, so nothing is restored into it until it is dropped and recreated."""
+
+
+def refuse_marked(url: DatabaseUrl, mark: str | None) -> None:
+    """Raise TargetMarked when `mark` (database_mark of the target) is a pgrunbook restore mark."""
+    if mark is None:
+        return
+    db = catalog.ident(url.dbname)
+    what = ("an earlier restore into it did not finish" if mark.startswith(MARK_FAILED) else
+            "an earlier restore into it was killed, or is still running")
+    raise TargetMarked(f"the target {url.display()} is marked {mark[:300]!r}: {what}, so it may hold part of an "
+                       f"archive; drop and recreate it (DROP DATABASE {db}; CREATE DATABASE {db}), then restore again")
+
+
 def _set_mark(url: DatabaseUrl, text: str | None, *, only_if_ours: bool = False) -> None:
     try:
         with catalog.connect(url, autocommit=True, application="pgrunbook-restore") as conn:
@@ -209,6 +233,7 @@ class _TargetInfo:
     current_user: str
     session_extras: dict[str, str] = field(default_factory=dict)
     objects: list[str] = field(default_factory=list)  # user objects already there (up to 6)
+    mark: str | None = None  # a pgrunbook restore mark on the database (an earlier restore did not finish)
     superuser: bool = False
     can_become: set[str] = field(default_factory=set)  # roles current_user may SET ROLE to and act as
     can_create_in_database: bool = False
@@ -229,6 +254,7 @@ def _inspect_target(url: DatabaseUrl) -> _TargetInfo:
     with catalog.connect(url, autocommit=True, application="pgrunbook-restore") as conn:
         identity = catalog.server_identity(conn)
         objects = target_objects(conn)
+        mark = database_mark(conn)
         available = {str(r[0]) for r in conn.execute("SELECT name FROM pg_available_extensions").fetchall()}
         installed = {str(r[0]) for r in conn.execute("SELECT extname FROM pg_extension").fetchall()}
         roles = {str(r[0]) for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
@@ -246,6 +272,7 @@ def _inspect_target(url: DatabaseUrl) -> _TargetInfo:
         extra = _session_extras(conn)
     return _TargetInfo(identity=identity, available_extensions=available, installed_extensions=installed,
                        roles=roles, current_user=str(me[0]) if me else "", session_extras=extra, objects=objects,
+                       mark=mark,
                        superuser=bool(me and me[1]), can_become=become, can_create_in_database=bool(me and me[2]),
                        extension_needs_superuser={str(n): bool(s) for n, s, _ in ext_rows},
                        extension_trusted={str(n): bool(t) for n, _, t in ext_rows})
@@ -290,6 +317,7 @@ def _check_target(url: DatabaseUrl, info: _TargetInfo, needs: _Needs, allow_no_o
             verdict.warnings.append(
                 "could not tell whether the target is the backup's source database (the system_identifier of one "
                 "of the servers is not readable); the target is empty, so nothing is overwritten")
+    refuse_marked(url, info.mark)
     if info.objects:
         raise TargetRefused(
             f"the target {url.display()} is not empty ({', '.join(info.objects[:5])}"
@@ -446,8 +474,7 @@ def _scan_plain(path: Path, gz: bool) -> tuple[int | None, set[str]]:
 
 
 def _toc_of(pg_restore: Tool, path: Path) -> list[TocEntry]:
-    proc = subprocess.run([str(pg_restore.path), "--list", str(path)], capture_output=True,
-                          env=tool_env(), stdin=subprocess.DEVNULL)
+    proc = run_captured([str(pg_restore.path), "--list", str(path)], env=tool_env())
     stderr = proc.stderr.decode("utf-8", "replace")
     if proc.returncode != 0:
         detail = next((ln for ln in stderr.splitlines() if "error" in ln.lower()), stderr.strip())
@@ -518,17 +545,26 @@ def _psql_failure(stderr: str) -> str:
 
 
 def _run_pg_restore(tool: Tool, url: DatabaseUrl, path: Path, jobs: int, no_owner: bool, no_acl: bool,
-                    session: Mapping[str, str] | None) -> None:
+                    session: Mapping[str, str] | None, server_major: int) -> None:
+    """pg_restore -j N into the target; on any exception (an interrupt too) pg_restore and its workers are
+    stopped before it goes on, so nothing loads into the target afterwards."""
     args = [str(tool.path), f"--dbname={url.conninfo()}", "--no-password", "--exit-on-error", f"--jobs={jobs}"]
     if no_owner:
         args.append("--no-owner")
     if no_acl:
         args.append("--no-acl")
     args.append(str(path))
-    env = tool_env({**url.tool_env(), "PGOPTIONS": _pgoptions(session)})
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise RestoreFailed(f"pg_restore failed: {mask_secrets(_pg_restore_failure(proc.stderr))}")
+    env = tool_env({**url.tool_env(), "PGOPTIONS": _pgoptions(session)}, server_major=server_major)
+    proc = spawn(args, env=env, stdout=subprocess.DEVNULL)
+    try:
+        assert proc.stderr is not None
+        errors = StderrTail(proc.stderr)
+        rc = proc.wait()
+    except BaseException:
+        proc.stop()
+        raise
+    if rc != 0:
+        raise RestoreFailed(f"pg_restore failed: {mask_secrets(_pg_restore_failure(errors.text))}")
 
 
 _OWNER_LINE = re.compile(rb"^(ALTER [A-Z ]+ .* OWNER TO .*;|SET SESSION AUTHORIZATION .*;)\s*$")
@@ -572,11 +608,21 @@ class _PlainFilter:
 
 
 def _run_psql(tool: Tool, url: DatabaseUrl, path: Path, gz: bool, no_owner: bool, no_acl: bool,
-              session: Mapping[str, str] | None) -> None:
+              session: Mapping[str, str] | None, server_major: int) -> None:
+    """psql --single-transaction fed the script; on any exception (an interrupt too) psql is stopped
+    (its transaction rolls back) before it goes on."""
     args = [str(tool.path), "-X", "-q", "-b", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--no-password",
             f"--dbname={url.conninfo()}", "-f", "-"]
-    env = tool_env({**url.tool_env(), "PGOPTIONS": _pgoptions(session)})
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    env = tool_env({**url.tool_env(), "PGOPTIONS": _pgoptions(session)}, server_major=server_major)
+    proc = spawn(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        _feed_psql(proc, path, gz, no_owner, no_acl)
+    except BaseException:
+        proc.stop()
+        raise
+
+
+def _feed_psql(proc: ToolProcess, path: Path, gz: bool, no_owner: bool, no_acl: bool) -> None:
     assert proc.stdin is not None and proc.stderr is not None
     errors = StderrTail(proc.stderr)
     inflater = zlib.decompressobj(31) if gz else None
@@ -615,10 +661,13 @@ def analyze(url: DatabaseUrl, jobs: int | None = None) -> float:
     workers = max(1, min(jobs or os.cpu_count() or 1, len(tables)))
     lock = threading.Lock()
     errors: list[BaseException] = []
+    conns: list[psycopg.Connection[Any]] = []
 
     def work() -> None:
         try:
             with catalog.connect(url, autocommit=True, application="pgrunbook-analyze") as conn:
+                with lock:
+                    conns.append(conn)
                 conn.execute("SET maintenance_work_mem = '256MB'")
                 while True:
                     with lock:
@@ -633,8 +682,19 @@ def analyze(url: DatabaseUrl, jobs: int | None = None) -> float:
     threads = [threading.Thread(target=work, name=f"analyze-{i}", daemon=True) for i in range(workers)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException as stop:  # interrupted: no further table, and cancel the ANALYZEs running
+        with lock:
+            errors.append(stop)
+            running = list(conns)
+        for conn in running:
+            with contextlib.suppress(psycopg.Error, OSError):
+                conn.cancel_safe(timeout=5)
+        for t in threads:
+            t.join(timeout=10)
+        raise
     if errors:
         exc = errors[0]
         raise exc if isinstance(exc, PgrunbookError) else PgrunbookError(
@@ -648,10 +708,12 @@ def _work_dir(base: str | None) -> Iterator[Path]:
     root = Path(base or os.environ.get("PGRUNBOOK_WORK_DIR") or tempfile.gettempdir())
     root.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="pgrunbook-restore-", dir=root))
+    guard = guard_path(path)  # removed by the guardian should pgrunbook be killed
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        guard.release()
 
 
 def resolve_target(target_url: str | None, settings: Settings) -> DatabaseUrl:
@@ -746,31 +808,42 @@ def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> Resto
         no_owner = _foreign_owners(_check_target(target, info, extra, allow_no_owner), no_owner, info, result)
         result.download_seconds = time.monotonic() - td
 
-        # 2. still empty? then mark and load
+        # 2. still empty and unmarked (no other restore got there meanwhile)? then mark and load
         with catalog.connect(target, autocommit=True, application="pgrunbook-restore") as conn:
             objects = target_objects(conn)
+            refuse_marked(target, database_mark(conn))
         if objects:
             raise PgrunbookError(f"the target {target.display()} stopped being empty ({', '.join(objects[:5])})")
-        started = datetime.now(UTC).isoformat(timespec="seconds")
-        _set_mark(target, f"{MARK_IN_PROGRESS} (from {ref.uri}, started {started})")
         jobs = opts.jobs or os.cpu_count() or 1
         session = {**info.session_extras, **(opts.session_settings or {})}
         result.jobs = 1 if fmt == "plain" else jobs
-        tr = time.monotonic()
-        log.info("restoring", extra={"archive": ref.uri, "target": target.display(), "format": fmt,
-                                     "jobs": result.jobs})
+        major = info.identity.major
         try:
+            started = datetime.now(UTC).isoformat(timespec="seconds")
+            _set_mark(target, f"{MARK_IN_PROGRESS} (from {ref.uri}, started {started})")
+            tr = time.monotonic()
+            log.info("restoring", extra={"archive": ref.uri, "target": target.display(), "format": fmt,
+                                         "jobs": result.jobs})
             if fmt == "plain":
-                _run_psql(pg_tool, target, fetched.path, ref.name.endswith(".gz"), no_owner, no_acl, session)
+                _run_psql(pg_tool, target, fetched.path, ref.name.endswith(".gz"), no_owner, no_acl, session, major)
             else:
-                _run_pg_restore(pg_tool, target, fetched.path, jobs, no_owner, no_acl, session)
+                _run_pg_restore(pg_tool, target, fetched.path, jobs, no_owner, no_acl, session, major)
             result.restore_seconds = time.monotonic() - tr
             if opts.analyze:
                 result.analyze_seconds = analyze(target, jobs)
         except BaseException as exc:
-            reason = str(exc) if isinstance(exc, PgrunbookError) else f"{type(exc).__name__}: {exc}"
+            # the tools are stopped by now (_run_pg_restore, _run_psql): the mark is the last word
+            if isinstance(exc, Interrupted):
+                reason = f"interrupted by {exc.signal_name}"
+            else:
+                reason = str(exc) if isinstance(exc, PgrunbookError) else f"{type(exc).__name__}: {exc}"
             _set_mark(target, f"{MARK_FAILED} ({datetime.now(UTC).isoformat(timespec='seconds')}, "
                               f"from {ref.uri}): {mask_secrets(reason)[:900]}")
+            if isinstance(exc, Interrupted):
+                db = catalog.ident(target.dbname)
+                exc.detail = (f"the restore into {target.display()} was stopped and the target is marked FAILED "
+                              f"(interrupted); drop and recreate it (DROP DATABASE {db}; CREATE DATABASE {db}) "
+                              "before restoring again")
             raise
         _set_mark(target, None, only_if_ours=True)
     result.seconds = time.monotonic() - t0

@@ -9,7 +9,9 @@ Writers stream: the S3 writer is a multipart upload with a bounded number of par
 (memory stays flat whatever the size); the folder writer writes a partial file whose name is
 unique to the writer (`<name>.<random>.partial`, created with O_EXCL) and moves it in place on
 commit. Either way an aborted or failed write leaves nothing that looks like a finished object,
-and no `.partial` behind it.
+and no `.partial` behind it. While a write is open, its `.partial` file (or its multipart upload
+and claim object) is registered with pgtools' guardian, which removes (aborts) it should the
+process be killed before the writer commits or aborts.
 
 Replacing: by default a commit replaces the object (reports, approvals). `exclusive=True` never
 replaces: the folder writer claims the final name with `os.link` (atomic, fails if the name
@@ -44,6 +46,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from . import aws
 from .errors import ObjectExists, StoreError, UsageError
+from .pgtools import Guard, guard_path, guard_s3_object, guard_s3_upload
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +182,7 @@ class _FileWriter:
                 continue
             except OSError as exc:
                 raise _os_error("write", path, exc) from None
+        self._guard = guard_path(self.partial)  # removed by pgtools' guardian should pgrunbook be killed
 
     @property
     def path(self) -> Path:
@@ -209,6 +213,7 @@ class _FileWriter:
             self._remove_partial()
             raise
         _fsync_folder(self.path.parent)
+        self._guard.release()
 
     def _move_in_place(self) -> None:
         asked = self.key
@@ -237,6 +242,7 @@ class _FileWriter:
             self.partial.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("could not remove a partial file", extra={"path": str(self.partial), "error": _reason(exc)})
+        self._guard.release()
 
     def abort(self) -> None:
         """Never raises: it runs while another error is on its way to the operator."""
@@ -382,6 +388,7 @@ class _MultipartWriter:
         self.store, self.key, self.part_size = store, check_key(key), part_size
         self.exclusive = exclusive or unique
         self._claim: str | None = None
+        self._guards: dict[str, Guard] = {}  # the upload and the claim object, for pgtools' guardian
         self._buffer = bytearray()
         self._parts: list[Future[dict[str, Any]]] = []
         self.upload_id: str | None = None
@@ -397,6 +404,7 @@ class _MultipartWriter:
             self._release_claim()
             raise _s3_error(exc, store.bucket, store.full_key(self.key)) from None
         self.upload_id = resp["UploadId"]
+        self._guards["upload"] = guard_s3_upload(store.bucket, store.full_key(self.key), self.upload_id)
 
     def _claim_name(self, asked: str) -> str:
         """The first free name among asked, <stem>.2.<ext>, …, claimed by creating <name>.partial
@@ -417,6 +425,7 @@ class _MultipartWriter:
             except BotoCoreError as exc:
                 raise _s3_error(exc, store.bucket, store.full_key(key)) from None
             self._claim = claim
+            self._guards["claim"] = guard_s3_object(store.bucket, store.full_key(claim))
             if store.exists(key):  # finished (and its claim removed) between our two looks
                 self._release_claim()
                 continue
@@ -431,6 +440,9 @@ class _MultipartWriter:
             except (ClientError, BotoCoreError) as exc:
                 log.warning("could not remove a claim object", extra={"object": self.store.uri(claim),
                                                                        "error": str(exc)})
+        for name in ("claim", "upload") if self.upload_id is None else ("claim",):
+            if name in self._guards:
+                self._guards.pop(name).release()
 
     def _upload(self, number: int, data: bytearray) -> dict[str, Any]:
         try:

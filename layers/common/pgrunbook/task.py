@@ -9,6 +9,12 @@ The outcome is {"result": <what the function returns>} or Lambda's error shape {
 errorMessage, ...}; the next state (plan function, action task-result) reads it back and returns
 the result or raises the same errorType, so both paths look alike to the rest of the machine.
 Exit 0 once the outcome is written (even an error: the state machine reports it), 1 otherwise.
+
+ECS StopTask (and a Spot interruption) sends SIGTERM and, `stopTimeout` seconds later, SIGKILL. On
+SIGTERM the operation stops the way the CLI's does (pgtools.stop_signals): its pg tools are
+stopped, partial output (multipart upload, work folder) removed, a restore target marked FAILED
+(interrupted); the outcome written is the error {"errorType": "Interrupted", ...} and the exit
+status 143. Should SIGKILL come first, the pg tools die with the task (parent-death signal).
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import operations
+from .errors import Interrupted
 from .events import BackupEvent, EventError, RestoreEvent
 from .lambda_support import emit_metrics, error_payload
 from .logs import setup_cli_logging
+from .pgtools import stop_signals
 from .settings import Settings
 
 log = logging.getLogger("pgrunbook.task")
@@ -53,11 +61,17 @@ def main(env: Mapping[str, str] | None = None) -> int:
         log.error("PGRUNBOOK_RESULT_KEY is not set: nowhere to write the result")
         return 1
     settings = Settings.from_env(env)
+    interrupted: Interrupted | None = None
     try:
-        event = json.loads(env.get("PGRUNBOOK_EVENT") or "")
-        payload: dict[str, Any] = {"result": run(env.get("PGRUNBOOK_OPERATION", ""), event, settings)}
+        with stop_signals():
+            event = json.loads(env.get("PGRUNBOOK_EVENT") or "")
+            payload: dict[str, Any] = {"result": run(env.get("PGRUNBOOK_OPERATION", ""), event, settings)}
     except json.JSONDecodeError as exc:
         payload = error_payload(EventError(f"PGRUNBOOK_EVENT is not JSON: {exc}"))
+    except Interrupted as exc:
+        interrupted = exc
+        log.error("task stopped", extra={"error": "Interrupted", "detail": str(exc)})
+        payload = error_payload(exc)
     except Exception as exc:
         log.error("task failed", extra={"error": type(exc).__name__, "detail": str(exc)})
         payload = error_payload(exc)
@@ -66,7 +80,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
     except Exception as exc:
         log.error("could not write the task result", extra={"key": key, "detail": str(exc)})
         return 1
-    return 0
+    return interrupted.exit_code if interrupted is not None else 0
 
 
 if __name__ == "__main__":

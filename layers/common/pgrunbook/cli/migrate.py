@@ -119,6 +119,7 @@ def _apply_options(args: argparse.Namespace) -> Any:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from ..errors import Interrupted
     from ..migrations.pipeline import LintBlocked, MigrateOptions, RehearsalFailed, run_migrate
 
     opts = MigrateOptions(
@@ -132,6 +133,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         report = run_migrate(opts)
     except (LintBlocked, RehearsalFailed) as exc:
         emit(args, exc.report.to_dict(), exc.report.text)
+        raise
+    except Interrupted as exc:
+        exc.detail = ("the migration run was stopped (its pg tools, partial backup and rehearsal target are gone); "
+                      "a migration being applied was cancelled: run `pgrunbook migrate-status` to see where it stands")
         raise
     emit(args, report.to_dict(), report.text)
     return 0
