@@ -525,6 +525,11 @@ def guard_s3_upload(bucket: str, key: str, upload_id: str) -> Guard:
     return _GUARDIAN.add({"kind": "s3-upload", "bucket": bucket, "key": key, "upload_id": upload_id})
 
 
+def guard_s3_object(bucket: str, key: str) -> Guard:
+    """Have an S3 object (a claim marker this process created) deleted should pgrunbook die first."""
+    return _GUARDIAN.add({"kind": "s3-object", "bucket": bucket, "key": key})
+
+
 def _undo(entry: dict[str, Any]) -> None:
     kind = entry.get("kind")
     if kind == "path":
@@ -538,6 +543,10 @@ def _undo(entry: dict[str, Any]) -> None:
 
         aws.client("s3").abort_multipart_upload(Bucket=entry["bucket"], Key=entry["key"],
                                                 UploadId=entry["upload_id"])
+    elif kind == "s3-object":
+        from . import aws
+
+        aws.client("s3").delete_object(Bucket=entry["bucket"], Key=entry["key"])
 
 
 def _guardian_main() -> None:  # pragma: no cover - runs in the guardian process
