@@ -83,3 +83,35 @@ class Interrupted(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return f"interrupted by {self.signal_name}" + (f": {self.detail}" if self.detail else "")
+
+
+class CutoverError(PgrunbookError):
+    """A cutover step failed (the report says what was done and what was undone)."""
+
+
+class CutoverRefused(CutoverError):
+    """A check before the switch refused the cutover: nothing was switched, rolled or frozen."""
+
+
+class CountsDiffer(CutoverRefused):
+    """With --freeze: the candidate's row counts differ from the frozen source's (the freeze was lifted)."""
+
+
+class SecretUpdateDenied(CutoverError):
+    """Secrets Manager refused to write (or move) the DATABASE_URL secret."""
+
+
+class RollFailed(CutoverError):
+    """The service roll failed (ECS deployment failed or never completed, webhook refused)."""
+
+
+class ProofFailed(CutoverError):
+    """A post-cutover check failed (/ready, an alarm, the attachment URL, the sessions with --strict)."""
+
+
+class RolledBack(CutoverError):
+    """The cutover failed and was rolled back: the previous DATABASE_URL is current again."""
+
+
+class RetireRefused(PgrunbookError):
+    """`pgrunbook retire` refused to drop the database (not marked, too early, wrong name, still in use)."""
