@@ -45,10 +45,29 @@ def test_local_run_with_socket_urls_and_key_value_conninfo(pg_server: LocalServe
     for name, url in forms.items():
         args += ["--database", f"{name}={url}"]
     code = main([*args, "Backup", '{"kind": "manual"}', "Restore", '{"database": "q", "mode": "drill"}'])
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    stdout = capsys.readouterr().out
+    assert stdout.count("\n") == 1  # one JSON object: the functions' logs and metrics went to stderr
+    out = json.loads(stdout)
     backup, drill = out["executions"]
     assert code == 0, (backup["cause"], drill["cause"])
     assert {r["database"]: r["ok"] for r in backup["output"]["results"]} == {"q": True, "enc": True, "kv": True}
     assert all(r["result"]["rows"] == 25 for r in backup["output"]["results"])
     assert drill["status"] == "SUCCEEDED" and drill["output"]["verify"]["ok"] is True
     assert pw not in json.dumps(out)
+
+
+def test_local_run_reports_a_failing_execution_in_one_line(capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGHOST", raising=False)
+    bad = "postgresql://app:hunter2@/app?host=/nonexistent/pgrunbook-socket"
+    assert main(["local", "run", "--database", f"app={bad}", "Backup", '{"kind": "manual"}']) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0].startswith("BackupStateMachine: FAILED (BackupsFailed: 0 of 1 databases "
+                                                   "backed up; failed: app: ConnectionFailed: cannot connect")
+    assert "hunter2" not in captured.out + captured.err
+    assert "FailureEventException" not in captured.err  # moto's dump of the failing state stays out
+    # forms that cannot be stored are usage errors, one line, before anything runs
+    for url, message in (("postgresql:///app", "names no host"), ("host=/tmp port=x dbname=a", "not a port number")):
+        assert main(["local", "run", "--database", f"app={url}", "Backup", "{}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("pgrunbook: error: database 'app': ") and message in err and "\n" not in err

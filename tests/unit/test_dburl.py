@@ -149,6 +149,8 @@ def test_from_secret_explicit_values_win_and_bad_ports_are_refused() -> None:
     assert url.password == "p w"
     with pytest.raises(UsageError, match="not a port number"):
         DatabaseUrl.from_secret({**secret, "port": "fivefour"})
+    with pytest.raises(UsageError, match="'x' is not a port number"):
+        DatabaseUrl.parse("host=/tmp port=x dbname=a").to_secret()  # refused when stored, not when used
 
 
 def test_mask_secrets_covers_the_ssl_key_passphrase() -> None:

@@ -29,6 +29,7 @@ from .errors import UsageError
 
 _URI_PASSWORD = re.compile(r"(?P<pre>postgres(?:ql)?://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<post>@)")
 _PLAIN_HOST = re.compile(r"[A-Za-z0-9._-]+")
+_PORTS = re.compile(r"\d*(,\d*)*")  # one port, or one per host (empty: the default)
 _KV_PASSWORD = re.compile(r"(?P<pre>\b(?:ssl)?password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)")
 
 
@@ -112,10 +113,13 @@ class DatabaseUrl:
         which differs between builds) is refused."""
         host = self.params.get("host") or self.params.get("hostaddr") or os.environ.get("PGHOST")
         if not host:
-            raise UsageError(f"{self.display()} names no host: give it (a server, or a socket directory "
-                             "such as ?host=/var/run/postgresql)")
+            raise UsageError("the URL names no host (libpq would use its built-in socket directory, which "
+                             "differs between builds): give a server or a socket directory, e.g. "
+                             "?host=/var/run/postgresql")
         user = self.params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
         port: int | str | None = self.params.get("port") or os.environ.get("PGPORT")
+        if port is not None and not _PORTS.fullmatch(port):
+            raise UsageError(f"port {port!r} is not a port number")
         if isinstance(port, str) and port.isdigit():
             port = int(port)
         secret: dict[str, Any] = {"engine": "postgres", "username": user, "password": self.password,
@@ -138,7 +142,7 @@ class DatabaseUrl:
                            ("sslmode", sslmode)):
             if value not in (None, ""):
                 params[key] = str(value)
-        if "port" in params and not re.fullmatch(r"\d*(,\d*)*", params["port"]):
+        if "port" in params and not _PORTS.fullmatch(params["port"]):
             raise UsageError(f"port {params['port']!r} is not a port number")
         if "dbname" not in params:
             raise UsageError("no database name (dbname) given")

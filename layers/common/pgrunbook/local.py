@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import PgrunbookError
+from .errors import PgrunbookError, UsageError
 from .lambda_support import LocalContext, error_payload
 
 MOTO_MINOR = "5.2"
@@ -358,7 +358,10 @@ class LocalCloud:
             # any form libpq takes (a socket directory as host, key=value conninfo), stored the way the
             # stack stores it: an RDS-style secret plus the PGRUNBOOK_DATABASES entry
             url = DatabaseUrl.parse(db.url, what=f"URL of database {db.name!r}")
-            secret = url.to_secret()
+            try:
+                secret = url.to_secret()
+            except UsageError as exc:
+                raise UsageError(f"database {db.name!r}: {exc}") from None
             arn = aws.client("secretsmanager").create_secret(
                 Name=f"pgrunbook-local/{db.name}-{uuid.uuid4().hex[:6]}", SecretString=json.dumps(secret))["ARN"]
             self.secret_arns[db.name] = arn

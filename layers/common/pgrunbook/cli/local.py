@@ -7,16 +7,20 @@
 Several MACHINE INPUT pairs run in order in the same local cloud (the bucket lives as long as the
 command). A cutover waits for approval: `--approvals serve[=PORT]` serves the real approval function on
 127.0.0.1 and prints `approval link: <url>` on stderr for each request (open it, decide); `--approve`
-approves each request as a person would (GET the link, POST Approve through the same endpoint)."""
+approves each request as a person would (GET the link, POST Approve through the same endpoint).
+NAME=URL takes every connection form the other commands take (a URL, a socket directory as host,
+key=value conninfo), stored as the stack stores it (an RDS-style secret). stdout holds only the
+outcome (--json: one JSON object); the functions' logs go to stderr."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from typing import Any
 
 from ..errors import UsageError
@@ -84,7 +88,8 @@ def _run(args: argparse.Namespace) -> int:
         if approvals:
             approvals.close()
         raise
-    with cloud, _closing(approvals):
+    out = sys.stdout
+    with _functions_output_to_stderr(), cloud, _closing(approvals):
         if approvals:
             approvals.attach(cloud)
         for machine, payload in steps:
@@ -95,9 +100,9 @@ def _run(args: argparse.Namespace) -> int:
                             "error": ex.error, "cause": ex.cause, "states": ex.states_entered()})
             if not args.json:
                 line = f"{machine}: {ex.status}" + (f" ({ex.error}: {ex.cause})" if ex.error else "")
-                sys.stdout.write(line + "\n")
+                out.write(line + "\n")
                 if ex.output is not None:
-                    sys.stdout.write(json.dumps(ex.output, indent=2, default=str) + "\n")
+                    out.write(json.dumps(ex.output, indent=2, default=str) + "\n")
         notes = cloud.notifications()
     if args.json:
         sys.stdout.write(json.dumps({"executions": results,
@@ -125,6 +130,21 @@ def _approvals(args: argparse.Namespace) -> Any:
         return LocalApprovals(port, auto_approve=args.approve)
     except OSError as exc:
         raise UsageError(f"--approvals: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def _functions_output_to_stderr() -> Iterator[None]:
+    """What the functions print (JSON logs, metric blobs) is progress: on stderr, so stdout holds only
+    the outcome (--json: one JSON object). moto's own dump of a failing state is not for people: the
+    execution's error and one-line cause are printed instead."""
+    moto_log = logging.getLogger("moto")
+    level = moto_log.level
+    moto_log.setLevel(logging.CRITICAL)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        moto_log.setLevel(level)
 
 
 @contextmanager
