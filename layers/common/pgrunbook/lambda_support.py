@@ -150,9 +150,9 @@ def read_secret(secret_arn: str) -> dict[str, Any]:
 
 def secret_url(secret_arn: str, *, host: str | None = None, port: int | None = None, dbname: str | None = None,
                sslmode: str | None = None) -> str:
-    """A libpq connection string built from a secret (username, password[, host, port, dbname]);
-    explicit values win. Any host libpq takes works (a socket directory, a comma list): the secret
-    is read by DatabaseUrl.from_secret, the one reader of its shape."""
+    """A libpq URL built from a secret (username, password[, host, port, dbname]); explicit values
+    win. Any host libpq takes works (a socket directory, a comma list): the secret is read by
+    DatabaseUrl.from_secret, the one reader of its shape."""
     from .dburl import DatabaseUrl
 
     secret = read_secret(secret_arn)
@@ -164,7 +164,7 @@ def secret_url(secret_arn: str, *, host: str | None = None, port: int | None = N
                                       sslmode=mode)
     except UsageError as exc:
         raise ConfigError(f"secret {secret_arn}: {exc}") from None
-    return url.secret_conninfo()
+    return url.secret_url()
 
 
 def database_url(db: DatabaseConfig) -> str:
@@ -361,6 +361,7 @@ class LocalContext:
 ONE_LINE_LIMIT = 600
 _TRACEBACK_HEAD = re.compile(r"^\s*Traceback \(most recent call last\)")
 _TRACEBACK_FRAME = re.compile(r'^\s*File ".*", line \d+')
+_TRACE_INSIDE = re.compile(r'Traceback \(most recent call last\)|File "[^"]*", line \d+')
 _CHAINED = re.compile(r"^\s*(During handling of the above exception|The above exception was the direct cause)")
 
 
@@ -379,6 +380,8 @@ def one_line(text: str, *, first_only: bool = False, limit: int = ONE_LINE_LIMIT
         if _TRACEBACK_FRAME.match(raw) or (in_trace and (raw[:1].isspace() or not line)):
             continue
         in_trace = False
+        inside = _TRACE_INSIDE.search(line)  # a trace pasted into a message line: keep what precedes it
+        line = line[: inside.start()].strip() if inside else line
         if line:
             kept.append(line)
     out = (kept[:1] if first_only else kept)
