@@ -117,15 +117,13 @@ class DatabaseUrl:
                              "differs between builds): give a server or a socket directory, e.g. "
                              "?host=/var/run/postgresql")
         user = self.params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
-        port: int | str | None = self.params.get("port") or os.environ.get("PGPORT")
+        port = self.params.get("port") or os.environ.get("PGPORT")
         if port is not None and not _PORTS.fullmatch(port):
             raise UsageError(f"port {port!r} is not a port number")
-        if isinstance(port, str) and port.isdigit():
-            port = int(port)
         secret: dict[str, Any] = {"engine": "postgres", "username": user, "password": self.password,
                                   "host": host, "dbname": self.dbname}
         if port is not None:
-            secret["port"] = port
+            secret["port"] = int(port) if port.isdigit() else port  # an int, as RDS writes it
         return secret
 
     @classmethod
