@@ -173,14 +173,19 @@ class RdsProvisioner:
         found = self.rds.describe_db_instances(DBInstanceIdentifier=identifier)["DBInstances"]
         return dict(found[0])
 
-    def reset_to_production(self, target: ProvisionedTarget) -> None:
-        """Production parameter group and automated backups, applied now (reboot for static parameters)."""
+    def production_arguments(self, identifier: str) -> dict[str, Any]:
+        """ModifyDBInstance arguments for production: parameter group and automated backups (PITR), now."""
         s = self.settings
-        args: dict[str, Any] = {"DBInstanceIdentifier": target.name, "ApplyImmediately": True,
+        args: dict[str, Any] = {"DBInstanceIdentifier": identifier, "ApplyImmediately": True,
                                 "BackupRetentionPeriod": s.backup_retention_days}
         if s.parameter_group:
             args["DBParameterGroupName"] = s.parameter_group
-        self.rds.modify_db_instance(**args)
+        return args
+
+    def reset_to_production(self, target: ProvisionedTarget) -> None:
+        """Production parameter group and automated backups, applied now (reboot for static parameters)."""
+        s = self.settings
+        self.rds.modify_db_instance(**self.production_arguments(target.name))
         self._wait("db_instance_available", target.name)
         if s.parameter_group:
             self.rds.reboot_db_instance(DBInstanceIdentifier=target.name)
