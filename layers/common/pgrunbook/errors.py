@@ -49,6 +49,11 @@ class ObjectExists(StoreError):
     """The backup store already holds an object at that name: it is never replaced."""
 
 
+class TargetNotOwned(TargetRefused):
+    """A restore target's name (derived from the execution, or given) is taken by a database or RDS
+    instance this execution did not create: it is neither used nor dropped."""
+
+
 class LockTimeout(PgrunbookError):
     """A table lock was not granted within the configured wait (`--lock-wait-timeout`); the message
     names the table and the session(s) blocking it."""

@@ -21,7 +21,7 @@ from typing import Any
 from . import aws
 from .backup import BackupOptions, BackupResult, run_backup
 from .catalog_list import database_dest, latest_backup
-from .errors import PgrunbookError, StoreError, UsageError
+from .errors import PgrunbookError, StoreError, TargetNotOwned, UsageError
 from .events import (
     BackupEvent,
     BackupPlanEvent,
@@ -106,6 +106,13 @@ def backup_size(name: str, settings: Settings) -> tuple[int | None, str]:
     return measured, "measured" if measured is not None else "unknown"
 
 
+def backup_runner(name: str, settings: Settings) -> dict[str, Any]:
+    """Where a backup of configured database `name` runs (the Backup machine's items and the Migrate
+    machine's pre-migration backup): {size_bytes, size_source, runner, runner_reason, ...}."""
+    size, source = backup_size(name, settings)
+    return {"size_bytes": size, "size_source": source, **_runner("backup", size, _forced_runner(name))}
+
+
 def _forced_runner(name: str) -> str | None:
     raw = os.environ.get("PGRUNBOOK_RUNNER_OVERRIDES", "")  # {"bigdb": "ecs"} (tests, operators)
     try:
@@ -125,9 +132,7 @@ def plan_backup(ev: BackupPlanEvent, settings: Settings) -> dict[str, Any]:
         database_config(name)  # raises UnknownDatabase with the configured names
     items = []
     for name in names:
-        size, source = backup_size(name, settings)
-        items.append({"database": name, "kind": ev.kind, "size_bytes": size, "size_source": source,
-                      **_runner("backup", size, _forced_runner(name))})
+        items.append({"database": name, "kind": ev.kind, **backup_runner(name, settings)})
     return {"kind": ev.kind, "databases": names, "items": items,
             "max_concurrency": _env_int("PGRUNBOOK_BACKUP_MAX_CONCURRENCY", 2)}
 
@@ -330,7 +335,7 @@ def _rds_create(spec: TargetSpec, database: str, execution: str | None) -> Targe
             raise _rds_error(exc, ident) from None
         tags = _rds_tags(_describe(ident))
         if execution is None or tags.get(TAG_EXECUTION) != execution[:256]:
-            raise PgrunbookError(f"RDS instance {ident} already exists and was not created by this execution: "
+            raise TargetNotOwned(f"RDS instance {ident} already exists and was not created by this execution: "
                                  "refusing to use or touch it") from None
         log.info("RDS target already created by an earlier attempt of this execution", extra={"instance": ident})
     return TargetRef(kind="rds", name=ident, dbname=source.database, status="creating")
@@ -367,9 +372,10 @@ def _rds_tags(inst: Mapping[str, Any] | None) -> dict[str, str]:
 RDS_PENDING = frozenset({"creating", "backing-up", "modifying", "configuring-enhanced-monitoring",
                          "configuring-iam-database-auth", "configuring-log-exports", "rebooting", "renaming",
                          "resetting-master-credentials", "starting", "upgrading", "maintenance",
-                         "storage-optimization", "moving-to-vpc", "converting-to-vpc"})
-RDS_FAILED = frozenset({"failed", "incompatible-parameters", "incompatible-network", "incompatible-option-group",
-                        "incompatible-restore", "incompatible-credentials", "inaccessible-encryption-credentials",
+                         "storage-optimization", "storage-config-upgrade", "moving-to-vpc", "converting-to-vpc"})
+RDS_FAILED = frozenset({"failed", "incompatible-create", "incompatible-parameters", "incompatible-network",
+                        "incompatible-option-group", "incompatible-restore", "incompatible-credentials",
+                        "inaccessible-encryption-credentials",
                         "inaccessible-encryption-credentials-recoverable", "restore-error", "storage-full",
                         "insufficient-capacity", "deleting", "stopping", "stopped", "delete-precheck"})
 

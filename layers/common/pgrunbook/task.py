@@ -1,7 +1,7 @@
 """Fargate task entry point (`python -m pgrunbook.task`): the same operations as the Lambda
 functions, for databases too big for Lambda's 15 minutes. The state machine passes:
 
-  PGRUNBOOK_OPERATION  backup | restore
+  PGRUNBOOK_OPERATION  backup | restore | migrate (the Migrate machine's pre-migration backup step)
   PGRUNBOOK_EVENT      the same JSON event the Lambda function would get
   PGRUNBOOK_RESULT_KEY where to write the outcome in the backup bucket (_tasks/<execution>/<name>.json)
 
@@ -50,7 +50,13 @@ def run(operation: str, event: Any, settings: Settings) -> dict[str, Any]:
         database = event.get("database") if isinstance(event.get("database"), str) else rev.target.name
         emit_metrics(None, database, {"RestoreSeconds": (float(restored.get("seconds") or 0.0), "Seconds")})
         return restored
-    raise EventError(f"PGRUNBOOK_OPERATION must be backup or restore, not {operation!r}")
+    if operation == "migrate":  # the Migrate machine's pre-migration backup of a database too big for Lambda
+        from .lambda_support import database_config, database_url
+        from .migrations.service import MigrateEvent, handle
+
+        mev = MigrateEvent.parse(event)
+        return handle(mev, database_url(database_config(mev.database)), settings)
+    raise EventError(f"PGRUNBOOK_OPERATION must be backup, restore or migrate, not {operation!r}")
 
 
 def main(env: Mapping[str, str] | None = None) -> int:

@@ -1,7 +1,9 @@
 """The Migrate state machine's steps (functions/migrate/app.py is a thin shell over `handle`).
 
 Each step is one invocation with the same event shape plus an `action`:
-  plan    read the migrations and the history; refuse early (P3005 / P3009); pre-flight backup age
+  plan    read the migrations and the history; refuse early (P3005 / P3009); pre-flight backup age; where
+          the pre-migration backup runs (`backup_plan.runner`: lambda, or ecs for a database too big for
+          Lambda's 900 s, by the sizing rule of pgrunbook.sizing, as the Backup machine decides)
   lint    the lint gate on the pending migrations (returns blocked: true|false)
   backup  pre-migration backup (kind pre-migration, app_version in the manifest)
   apply   lock + apply (Prisma's advisory lock; fails naming the migration and the statement)
@@ -130,8 +132,14 @@ def handle(ev: MigrateEvent, database_url: str, settings: Settings) -> dict[str,
         if status.failed:
             raise FailedMigrationsPresent(_failed_message(status.failed))
         pending = status.local if not status.managed else status.pending
-        return {**base, "pending": pending, "pending_count": len(pending),
-                "preflight": preflight(settings.backup_dest, url.dbname, settings), "status": status.to_dict()}
+        out: dict[str, Any] = {**base, "pending": pending, "pending_count": len(pending),
+                               "preflight": preflight(settings.backup_dest, url.dbname, settings),
+                               "status": status.to_dict()}
+        if pending and not ev.skip_backup:  # where the pre-migration backup runs: Lambda, or Fargate when big
+            from ..operations import backup_runner
+
+            out["backup_plan"] = backup_runner(ev.database, settings)
+        return out
     if ev.action == "lint":
         with open_connection(url) as conn:
             status = compute_status(conn, migrations, database=url.display(), migrations_dir=ev.migrations)
