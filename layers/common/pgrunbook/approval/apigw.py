@@ -159,7 +159,10 @@ def handle(event: Mapping[str, Any], service: ApprovalService | None = None) -> 
         log.error("approval request failed", extra={"error": type(exc).__name__})
         outcome = Outcome(503, "unavailable", "The approval service cannot answer right now "
                                               f"({type(exc).__name__}). Nothing was decided: try again later.")
-        return _cli_json(outcome) if req.route.iam else html_response(outcome)
+    except Exception as exc:  # a bug: still a page, and the log names the error's type only (no token)
+        log.error("approval request failed unexpectedly", extra={"error": type(exc).__name__})
+        outcome = Outcome(500, "error", "Something went wrong. Nothing was decided: try again later.")
+    return _cli_json(outcome) if req.route.iam else html_response(outcome)
 
 
 def _page(req: HttpRequest, service: ApprovalService) -> dict[str, Any]:

@@ -75,6 +75,11 @@ ERRORS: dict[int, type[PgrunbookError]] = {c.status: c for c in (ApprovalForbidd
                                                                   ApprovalUnavailable, ApprovalInputError)}
 
 
+def _now() -> float:
+    """The service's clock (one place to move it in tests)."""
+    return time.time()
+
+
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -268,12 +273,12 @@ def _clean(text: str | None, limit: int, what: str) -> str:
 class ApprovalService:
     def __init__(self, config: ApprovalConfig, *, store: ApprovalStore | None = None,
                  signer: Signer | None = None, sealer: TokenSealer | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self.config = config
         self.store = store or ApprovalStore(config.table)
         self._signer = signer
         self.sealer = sealer or TokenSealer(config.token_key)
-        self.clock = clock
+        self.clock = clock or (lambda: _now())
 
     @classmethod
     def from_env(cls) -> ApprovalService:
@@ -459,7 +464,14 @@ class ApprovalService:
             fresh = self.store.get(record.approval_id) or record
             log.info("approval claim lost", extra={"approval_id": record.approval_id})
             return self._conflict(fresh)
-        code = self._deliver(record, decision)
+        try:
+            code = self._deliver(record, decision)
+        except Exception as exc:  # never leave the claim held: nothing is known to be decided
+            _quietly(lambda: self.store.release(record.approval_id, nonce))
+            log.error("approval delivery failed", extra={"approval_id": record.approval_id,
+                                                         "error": type(exc).__name__})
+            return Outcome(500, "error", "The decision could not be sent (an unexpected error). Nothing was "
+                                         "decided: try again, or use the CLI.", record)
         if code is None:
             if not _quietly(lambda: self.store.finish(record.approval_id, nonce, decision["decision"],
                                                       {"status": "delivered", "at": iso(self.clock())})):
