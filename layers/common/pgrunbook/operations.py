@@ -241,15 +241,16 @@ def target_identifier(database: str, execution: str | None, prefix: str | None =
     finds its own instance instead of starting a second one. `<prefix>-<database>-<hash>`: the prefix
     (PGRUNBOOK_TARGET_PREFIX, `pgrb-<stack id>` in the template) scopes IAM to this stack's instances;
     letters, digits and single hyphens, at most 63 characters, starting with a letter."""
+    def clean(text: str) -> str:  # ASCII letters and digits, single hyphens (RDS refuses anything else)
+        return "-".join(p for p in "".join(c if c.isascii() and c.isalnum() else "-" for c in text).split("-") if p)
+
     prefix = prefix or os.environ.get("PGRUNBOOK_TARGET_PREFIX") or "pgrunbook-drill"
-    slug = "-".join(p for p in "".join(c if c.isalnum() else "-" for c in database.lower()).split("-") if p)
     tail = (hashlib.sha256(execution.encode()).hexdigest()[:12] if execution
             else f"{datetime.now(UTC):%Y%m%d%H%M%S}{secrets.token_hex(2)}")
-    ident = f"{prefix}-{slug[:20].strip('-')}-{tail}" if slug else f"{prefix}-{tail}"
-    ident = "-".join(p for p in ident.split("-") if p)  # no double hyphens
-    if not ident[:1].isalpha():
-        ident = f"t-{ident}"
-    return ident[:63].rstrip("-")
+    head = clean(f"{prefix}-{clean(database.lower())[:20]}")
+    if not head[:1].isalpha():
+        head = f"t-{head}" if head else "t"
+    return f"{head[:63 - len(tail) - 1].rstrip('-')}-{tail}"  # the execution's hash is never cut off
 
 
 def _create(spec: TargetSpec, database: str, execution: str | None) -> TargetRef:
