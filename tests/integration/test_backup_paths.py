@@ -20,12 +20,12 @@ from pgrunbook.backup import BackupOptions, run_backup
 from pgrunbook.localpg import LocalServer
 from pgrunbook.settings import Settings
 from tests.conftest import run_cli
-from tests.fixtures.hostile_names import HOSTILE_NAMES, random_names
+from tests.fixtures.hostile_names import CJK_63_BYTES, random_names
 
 SETTINGS = Settings.from_env({})
 # every fixed hostile name, and a seeded sample of generated ones (any character but NUL, <= 63 bytes)
 NAMES = ["..", ".", "a/b", "../../outside", "-rf", ".hidden", "x\ny", "tab\there\r", "\x1b[31mred", "100%",
-         "ü" * 31 + "x", HOSTILE_NAMES[14], "\u2028sep", *random_names(seed=8_2026, count=6, max_chars=63)]
+         "ü" * 31 + "x", CJK_63_BYTES, "\u2028sep", *random_names(seed=8_2026, count=6, max_chars=63)]
 
 
 def _url(server: LocalServer, name: str) -> str:
