@@ -2,7 +2,8 @@
 
 Event: {"action": "sweep", "dry_run": false}
 Returns {"deleted": [...], "kept": [...], "failed": [...], "text"}; notifies the topic when it
-deleted something or could not. Metrics (no dimension): TargetsSwept, TargetsSweepFailed.
+deleted something or could not (a dry run only returns what it would delete). Metrics (no
+dimension): TargetsSwept, TargetsSweepFailed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     emit_metrics(tools.metrics, None, {"TargetsSwept": (len(report.deleted), "Count"),
                                        "TargetsSweepFailed": (len(report.failed), "Count")})
     text = report.text()
-    if report.deleted or report.failed:
+    if (report.deleted or report.failed) and not dry_run:  # a dry run deleted nothing: nothing to announce
         reporting.publish(f"pgrunbook sweeper: {len(report.deleted)} leaked target(s) deleted, "
                           f"{len(report.failed)} failed", text)
     return {**report.to_dict(), "text": text}

@@ -119,6 +119,7 @@ def database_targets(stack: str) -> list[Found]:
     """pgrunbook_drill_* databases labelled with this stack, on every configured server (once per server)."""
     from . import catalog
     from .dburl import DatabaseUrl
+    from .provision.database import parse_labels
 
     found: list[Found] = []
     seen: set[tuple[str | None, int | None, str]] = set()
@@ -139,11 +140,11 @@ def database_targets(stack: str) -> list[Found]:
             log.warning("sweeper: cannot list the targets on a server", extra={"database": name, "reason": str(exc)})
             continue
         for datname, setconfig in rows:
-            labels = dict(str(item).split("=", 1) for item in setconfig or [] if "=" in str(item))
-            if labels.get("pgrunbook.stack") != stack:
+            labels = parse_labels(setconfig)
+            if labels.get("stack") != stack:
                 continue
-            found.append(Found(kind="database", name=str(datname), execution=labels.get("pgrunbook.execution"),
-                               server=name, keep="pgrunbook.keep" in labels))
+            found.append(Found(kind="database", name=str(datname), execution=labels.get("execution"),
+                               server=name, keep="keep" in labels))
     return found
 
 
@@ -181,6 +182,8 @@ def sweep(*, rds: bool | None = None, dry_run: bool = False) -> SweepReport:
         except PgrunbookError as exc:
             report.failed.append({**entry, "why": str(exc)})
             continue
-        log.info("sweeper deleted a leaked target", extra=entry)
+        # not extra=entry: a LogRecord has its own `name` (logging refuses to overwrite it)
+        log.info("sweeper deleted a leaked target", extra={"target": target.name, "kind": target.kind,
+                                                           "execution": target.execution, "why": why})
         report.deleted.append(entry)
     return report

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from psycopg import sql
 
 from .. import catalog
 from ..dburl import DatabaseUrl
+from ..errors import TargetNotOwned
 from .base import ProvisionedTarget, unique_name
 
 log = logging.getLogger(__name__)
@@ -24,8 +26,10 @@ class DatabaseProvisioner:
     def create(self, dbname: str, roles: list[str] | None = None, *, name: str | None = None,
                labels: dict[str, str] | None = None) -> ProvisionedTarget:
         """CREATE DATABASE <prefix>_<timestamp>_<random> (the source's name is not reused on a shared server),
-        or `name` (derived from an execution by the caller: when it exists already, an earlier attempt of
-        the same execution made it, and it is used again). `labels` become database-level settings
+        or `name` (derived from an execution by the caller). When `name` exists already it is used again
+        only if its label `pgrunbook.execution` is this execution's (`labels["execution"]`: an earlier
+        attempt of the same execution made it); any other database of that name is refused
+        (TargetNotOwned), never restored into or dropped. `labels` become database-level settings
         `pgrunbook.<key>` (the sweeper reads them: which stack and execution own the database).
         Roles are not created: the server's roles are what they are (restore reports missing ones)."""
         import psycopg
@@ -36,6 +40,10 @@ class DatabaseProvisioner:
                 conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
                     sql.Identifier(name)))
             except psycopg.errors.DuplicateDatabase:
+                execution = (labels or {}).get("execution") or "-"
+                if execution == "-" or database_labels(conn, name).get("execution") != execution:
+                    raise TargetNotOwned(f"database {name} already exists and was not created by this "
+                                         "execution: refusing to use or drop it") from None
                 log.info("database exists: made by an earlier attempt", extra={"database": name})
             for key, value in (labels or {}).items():
                 conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
@@ -54,6 +62,19 @@ class DatabaseProvisioner:
         with catalog.connect(self.server, autocommit=True, application="pgrunbook-provision") as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.name)))
         log.info("database dropped", extra={"database": target.name, "seconds": round(time.monotonic() - t0, 2)})
+
+
+def parse_labels(setconfig: Any) -> dict[str, str]:
+    """{key: value} of the `pgrunbook.<key>=<value>` entries of a pg_db_role_setting.setconfig array."""
+    items = (str(i).split("=", 1) for i in setconfig or [] if "=" in str(i))
+    return {k.removeprefix("pgrunbook."): v for k, v in items if k.startswith("pgrunbook.")}
+
+
+def database_labels(conn: Any, name: str) -> dict[str, str]:
+    """The labels (`pgrunbook.<key>` database-level settings) of database `name`."""
+    row = conn.execute("SELECT s.setconfig FROM pg_database d JOIN pg_db_role_setting s ON s.setdatabase = d.oid "
+                       "AND s.setrole = 0 WHERE d.datname = %s", (name,)).fetchone()
+    return parse_labels(row[0] if row else None)
 
 
 def _url_of(url: DatabaseUrl) -> str:
