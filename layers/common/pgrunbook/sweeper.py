@@ -3,14 +3,14 @@
 A Restore execution tears its target down on every path it controls, but not when it is stopped
 (StopExecution), times out, or its teardown fails for good. Every target carries who made it:
 an RDS instance the tags `pgrunbook:stack` and `pgrunbook:execution` (the execution ARN), a
-database target the database-level settings `pgrunbook.stack` and `pgrunbook.execution`.
+database target the labels `stack` and `execution` in its comment (provision.database.parse_labels).
 
 Invariants:
 - only this stack's targets (PGRUNBOOK_STACK) are looked at; nothing without an execution is touched;
 - a target is deleted only when its execution is known and no longer running, and it is not kept:
   an approved cutover (the execution SUCCEEDED in mode cutover) and a target tagged
-  `pgrunbook:keep` (RDS) are kept; an execution that no longer exists (history expired) leaves its
-  target alone and reported, for a person to decide;
+  `pgrunbook:keep` (RDS) or labelled `keep` (a database) are kept; an execution that no longer
+  exists (history expired) leaves its target alone and reported, for a person to decide;
 - deletion goes through the state machine's own delete (operations.delete_rds_instance, DROP
   DATABASE ... WITH (FORCE)), and every run reports what it deleted, kept and could not delete.
 """
@@ -119,7 +119,7 @@ def database_targets(stack: str) -> list[Found]:
     """pgrunbook_drill_* databases labelled with this stack, on every configured server (once per server)."""
     from . import catalog
     from .dburl import DatabaseUrl
-    from .provision.database import parse_labels
+    from .provision.database import LABELS_SQL, parse_labels
 
     found: list[Found] = []
     seen: set[tuple[str | None, int | None, str]] = set()
@@ -132,15 +132,12 @@ def database_targets(stack: str) -> list[Found]:
             url = DatabaseUrl.parse(secret_url(cfg.target_secret, host=cfg.host, port=cfg.port, dbname=cfg.database,
                                                sslmode=cfg.sslmode))
             with catalog.connect(url, autocommit=True, application="pgrunbook-sweeper") as conn:
-                rows = conn.execute(
-                    "SELECT d.datname, s.setconfig FROM pg_database d JOIN pg_db_role_setting s "
-                    "ON s.setdatabase = d.oid AND s.setrole = 0 WHERE d.datname LIKE 'pgrunbook\\_drill\\_%'"
-                ).fetchall()
+                rows = conn.execute(LABELS_SQL + " WHERE d.datname LIKE 'pgrunbook\\_drill\\_%'").fetchall()
         except PgrunbookError as exc:
             log.warning("sweeper: cannot list the targets on a server", extra={"database": name, "reason": str(exc)})
             continue
-        for datname, setconfig in rows:
-            labels = parse_labels(setconfig)
+        for datname, comment, setconfig in rows:
+            labels = parse_labels(comment, setconfig)
             if labels.get("stack") != stack:
                 continue
             found.append(Found(kind="database", name=str(datname), execution=labels.get("execution"),

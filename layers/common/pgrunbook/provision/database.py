@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -29,9 +30,11 @@ class DatabaseProvisioner:
         or `name` (derived from an execution by the caller). When `name` exists already it is used again
         only if its label `pgrunbook.execution` is this execution's (`labels["execution"]`: an earlier
         attempt of the same execution made it); any other database of that name is refused
-        (TargetNotOwned), never restored into or dropped. `labels` become database-level settings
-        `pgrunbook.<key>` (the sweeper reads them: which stack and execution own the database).
-        Roles are not created: the server's roles are what they are (restore reports missing ones)."""
+        (TargetNotOwned), never restored into or dropped. `labels` go into the database's comment
+        (`COMMENT ON DATABASE`, which its owner may set: database-level settings of a custom parameter
+        need a superuser, and the drill role is not one); the sweeper reads them: which stack and
+        execution own the database. Roles are not created: the server's roles are what they are
+        (restore reports missing ones)."""
         import psycopg
 
         name = name or unique_name(self.prefix)
@@ -45,9 +48,9 @@ class DatabaseProvisioner:
                     raise TargetNotOwned(f"database {name} already exists and was not created by this "
                                          "execution: refusing to use or drop it") from None
                 log.info("database exists: made by an earlier attempt", extra={"database": name})
-            for key, value in (labels or {}).items():
-                conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
-                    sql.Identifier(name), sql.Identifier(f"pgrunbook.{key}"), sql.Literal(value)))
+            if labels:
+                conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                    sql.Identifier(name), sql.Literal(LABELS_COMMENT + json.dumps(labels, sort_keys=True))))
         target = self.server.with_dbname(name)
         log.info("database created", extra={"target": target.display()})
         return ProvisionedTarget(kind=self.kind, name=name, url=_url_of(target),
@@ -64,17 +67,34 @@ class DatabaseProvisioner:
         log.info("database dropped", extra={"database": target.name, "seconds": round(time.monotonic() - t0, 2)})
 
 
-def parse_labels(setconfig: Any) -> dict[str, str]:
-    """{key: value} of the `pgrunbook.<key>=<value>` entries of a pg_db_role_setting.setconfig array."""
-    items = (str(i).split("=", 1) for i in setconfig or [] if "=" in str(i))
-    return {k.removeprefix("pgrunbook."): v for k, v in items if k.startswith("pgrunbook.")}
+LABELS_COMMENT = "pgrunbook restore target "
+LABELS_SQL = ("SELECT d.datname, shobj_description(d.oid, 'pg_database'), "
+              "(SELECT s.setconfig FROM pg_db_role_setting s WHERE s.setdatabase = d.oid AND s.setrole = 0) "
+              "FROM pg_database d")
+
+
+def parse_labels(comment: str | None, setconfig: Any = None) -> dict[str, str]:
+    """A target's labels: the JSON after LABELS_COMMENT in its comment, plus any `pgrunbook.<key>=<value>`
+    database-level setting (a superuser may add `pgrunbook.keep` that way)."""
+    labels = {}
+    for item in setconfig or []:
+        key, sep, value = str(item).partition("=")
+        if sep and key.startswith("pgrunbook."):
+            labels[key.removeprefix("pgrunbook.")] = value
+    if comment and comment.startswith(LABELS_COMMENT):
+        try:
+            found = json.loads(comment[len(LABELS_COMMENT):])
+        except ValueError:
+            found = None
+        if isinstance(found, dict):
+            labels.update({str(k): str(v) for k, v in found.items()})
+    return labels
 
 
 def database_labels(conn: Any, name: str) -> dict[str, str]:
-    """The labels (`pgrunbook.<key>` database-level settings) of database `name`."""
-    row = conn.execute("SELECT s.setconfig FROM pg_database d JOIN pg_db_role_setting s ON s.setdatabase = d.oid "
-                       "AND s.setrole = 0 WHERE d.datname = %s", (name,)).fetchone()
-    return parse_labels(row[0] if row else None)
+    """The labels of database `name` (see parse_labels); {} when it has none."""
+    row = conn.execute(LABELS_SQL + " WHERE d.datname = %s", (name,)).fetchone()
+    return parse_labels(row[1], row[2]) if row else {}
 
 
 def _url_of(url: DatabaseUrl) -> str:
