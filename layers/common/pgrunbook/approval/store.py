@@ -45,6 +45,10 @@ class ApprovalRecord:
     delivery: dict[str, Any] | None = None
     claim: str | None = None
 
+    def waiting(self, now: float) -> bool:
+        """Still waiting for a decision: pending and its link not expired (what `pgrunbook status` counts)."""
+        return self.status == "pending" and now < self.expires_at
+
     def summary(self) -> dict[str, Any]:
         """What `approvals list` shows (no facts, never the token)."""
         return {"approval_id": self.approval_id, "database": self.database, "execution": self.execution,

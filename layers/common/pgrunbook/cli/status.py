@@ -1,14 +1,18 @@
 """`pgrunbook status`: one line per database, the view an on-call operator opens first.
 
-Read from the bucket (newest backup, newest drill report) and AWS (the PITR window
-of RDS sources); pending migrations only with --migrations (it connects to each database).
+Read from the bucket (newest backup, newest drill report) and AWS (the PITR window of RDS
+sources; the cutover approvals still waiting for a decision, from the stack's approval table
+through pgrunbook.approval's store, when --approvals-table or $PGRUNBOOK_APPROVAL_TABLE names it);
+pending migrations only with --migrations (it connects to each database). Nothing is written.
 Exit 0 when every database looks healthy, 1 when one needs attention (no backup in 26 h, no
-verified drill in 35 days, PITR window under 7 days or lag over 15 minutes), 2 on usage errors.
+verified drill in 35 days, PITR window under 7 days or lag over 15 minutes, a source that could
+not be read), 2 on usage errors. An open approval is shown, not counted as a problem.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,11 +29,37 @@ def register(sub: Any) -> None:
     p.add_argument("--from", dest="dest", metavar="DEST", help="the backup bucket (default: $PGRUNBOOK_BACKUP_DEST)")
     p.add_argument("--migrations", metavar="DIR", help="count pending migrations from this folder or s3:// prefix")
     p.add_argument("--no-pitr", action="store_true", help="do not ask RDS for the PITR window")
+    p.add_argument("--approvals-table", metavar="TABLE",
+                   help="the stack's approval table (default: $PGRUNBOOK_APPROVAL_TABLE; unset: not shown)")
     add_json(p)
     p.set_defaults(handler=cmd_status)
 
 
-def database_row(f: Any, now: datetime, pending: int | None) -> dict[str, Any]:
+def open_approvals(table: str | None, now: datetime) -> tuple[dict[str, list[dict[str, Any]]] | None, str | None]:
+    """({database: [approvals waiting for a decision]}, None), (None, why) when the table cannot be read,
+    (None, None) when no table is configured."""
+    from ..approval.service import iso
+    from ..approval.store import ApprovalStore
+    from ..errors import PgrunbookError
+
+    if not table:
+        return None, None
+    try:
+        records = ApprovalStore(table).list()
+    except PgrunbookError as exc:
+        return None, str(exc)
+    found: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.waiting(now.timestamp()):
+            found.setdefault(r.database, []).append({"approval_id": r.approval_id, "execution": r.execution,
+                                                     "requested_at": r.requested_at,
+                                                     "expires_at": iso(r.expires_at)})
+    return found, None
+
+
+def database_row(f: Any, now: datetime, pending: int | None,
+                 approvals: tuple[dict[str, list[dict[str, Any]]] | None, str | None] = (None, None)
+                 ) -> dict[str, Any]:
     problems = []
     backup = None
     if f.backup is not None:
@@ -43,7 +73,9 @@ def database_row(f: Any, now: datetime, pending: int | None) -> dict[str, Any]:
     drill = None
     if f.last_drill is not None:
         drill = {"age_seconds": round((now - datetime.fromisoformat(f.last_drill["finished_at"])).total_seconds()),
-                 "verified": bool(f.last_drill.get("verified")), "mode": f.last_drill.get("mode")}
+                 "verified": bool(f.last_drill.get("verified")), "mode": f.last_drill.get("mode"),
+                 "last_verified_age_seconds": None if f.last_verified is None else round(
+                     (now - datetime.fromisoformat(f.last_verified["finished_at"])).total_seconds())}
     if f.drilled and (f.last_verified is None or
                       (now - datetime.fromisoformat(f.last_verified["finished_at"])).days >= DRILL_MAX_DAYS):
         problems.append(f"no verified drill in {DRILL_MAX_DAYS} days")
@@ -55,21 +87,32 @@ def database_row(f: Any, now: datetime, pending: int | None) -> dict[str, Any]:
             problems.append(f"PITR window {f.pitr.retention_days} d < {PITR_MIN_DAYS} d")
         elif f.pitr.lag_minutes is not None and f.pitr.lag_minutes > PITR_MAX_LAG_MINUTES:
             problems.append(f"PITR lag {f.pitr.lag_minutes:.0f} min")
+    waiting, approvals_error = approvals
+    if approvals_error:
+        problems.append(f"approvals unknown ({approvals_error})")
+    open_ = None if waiting is None else {"open": waiting.get(f.name, [])}
     return {"database": f.name, "backup": backup, "drill": drill, "pitr": pitr, "pending_migrations": pending,
-            "problems": problems, "ok": not problems}
+            "approvals": open_, "problems": problems, "ok": not problems}
 
 
 def text_row(r: dict[str, Any]) -> str:
     b, d, p = r["backup"], r["drill"], r["pitr"]
     backup = (f"backup {human_age(b['age_seconds'])} ago {human_bytes(b['bytes'])} {b['kind']}" if b
               else "backup never")
-    drill = (f"drill {human_age(d['age_seconds'])} ago {'verified' if d['verified'] else 'FAILED'}" if d
-             else "drill never")
+    drill = "drill never"
+    if d:
+        drill = f"drill {human_age(d['age_seconds'])} ago {'verified' if d['verified'] else 'FAILED'}"
+        if not d["verified"]:
+            last = d["last_verified_age_seconds"]
+            drill += " (never verified)" if last is None else f" (last verified {human_age(last)} ago)"
     lag = "-" if p is None or p["lag_minutes"] is None else f"{p['lag_minutes']:.0f}"
     pitr = "pitr -" if p is None else ("pitr ?" if p["error"] else f"pitr {p['retention_days']}d lag {lag}m")
     pending = "-" if r["pending_migrations"] is None else str(r["pending_migrations"])
+    a = r["approvals"]
+    approvals = "-" if a is None else str(len(a["open"])) + "".join(f" ({x['approval_id']})" for x in a["open"][:3])
     verdict = "ok" if r["ok"] else "ATTENTION: " + "; ".join(r["problems"])
-    return (f"{printable(r['database'])}  {backup}  {drill}  {pitr}  migrations pending {pending}  {verdict}")
+    return (f"{printable(r['database'])}  {backup}  {drill}  {pitr}  migrations pending {pending}  "
+            f"approvals open {approvals}  {verdict}")
 
 
 def _pending(name: str, source: str) -> int:
@@ -90,6 +133,7 @@ def _pending(name: str, source: str) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from ..approval.config import TABLE_ENV
     from ..errors import UsageError
     from ..lambda_support import configured_databases
     from ..oncall import collect
@@ -102,7 +146,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise UsageError("no databases configured: set PGRUNBOOK_DATABASES as the stack does "
                          "(the DatabasesJson parameter)")
     now = datetime.now(UTC)
-    rows = [database_row(f, now, _pending(f.name, args.migrations) if args.migrations else None)
+    approvals = open_approvals(args.approvals_table or os.environ.get(TABLE_ENV), now)
+    rows = [database_row(f, now, _pending(f.name, args.migrations) if args.migrations else None, approvals)
             for f in collect(settings, now=now, pitr=not args.no_pitr)]
     data = {"databases": rows, "ok": all(r["ok"] for r in rows), "at": now.isoformat()}
     emit(args, data, lambda: "\n".join(text_row(r) for r in rows))
