@@ -161,8 +161,8 @@ def deployment(service: str) -> dict[str, Any]:
     return dict(found["deployments"][0])
 
 
-def create_alarm() -> str:
-    name = f"errors-{uuid.uuid4().hex[:6]}"
+def create_alarm(name: str | None = None) -> str:
+    name = name or f"errors-{uuid.uuid4().hex[:6]}"
     aws.client("cloudwatch").put_metric_alarm(AlarmName=name, MetricName="5xx", Namespace="app", Statistic="Sum",
                                               Period=60, EvaluationPeriods=1, Threshold=1,
                                               ComparisonOperator="GreaterThanThreshold")

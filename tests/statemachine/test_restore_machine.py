@@ -152,7 +152,8 @@ def test_cutover_waits_for_approval(cloud: LocalCloud, pg_server: LocalServer) -
         assert ex.output["approval"]["decision"] == decision
         target = ex.output["target"]["name"]
         if decision == "approved":
-            assert ex.states_entered()[-2:] == ["CutoverApproved", "CutoverReady"]
+            # no application secret configured: the candidate is kept, the switch is the operator's
+            assert ex.states_entered()[-3:] == ["CutoverApproved", "CutoverConfigured", "CutoverReady"]
             assert database_exists(pg_server, target)  # kept for the cutover
             with psycopg.connect(pg_server.url(), autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')

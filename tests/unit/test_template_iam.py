@@ -48,7 +48,8 @@ def test_no_role_reads_another_instances_master_password(roles: Roles) -> None:
     target instances (tag aws:rds:primaryDBInstanceArn), never every rds!db-* secret in the account."""
     assert who(roles, "secretsmanager:GetSecretValue", OTHER_SECRET, PROD_MASTER_CTX) == set()
     assert who(roles, "secretsmanager:GetSecretValue", OTHER_SECRET, OWN_TARGET_SECRET_CTX) == {
-        "ProvisionFunctionRole", "RestoreFunctionRole", "VerifyFunctionRole", "TaskRole"}
+        "ProvisionFunctionRole", "RestoreFunctionRole", "VerifyFunctionRole", "TaskRole",
+        "CutoverFunctionRole"}  # the cutover reaches the kept candidate (production-ready, freeze, proof)
 
 
 def test_only_the_report_function_writes_reports_and_approvals(roles: Roles) -> None:

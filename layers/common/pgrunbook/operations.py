@@ -178,7 +178,9 @@ def plan_restore(ev: RestorePlanEvent, settings: Settings) -> dict[str, Any]:
         "poll_seconds": _env_int("PGRUNBOOK_POLL_SECONDS", 30),
         "max_checks": _env_int("PGRUNBOOK_MAX_POLLS", 120),
         "approval_timeout_seconds": _env_int("PGRUNBOOK_APPROVAL_TIMEOUT_SECONDS", 86400),
-        "app_url": os.environ.get("PGRUNBOOK_APP_URL") or None,
+        # no HTTP checks at Verify: the production app still uses the OLD database, so they would prove nothing
+        # about the copy; the cutover's staging smoke (PrepareCandidate) tries the app against the candidate
+        "app_url": None,
         "checks": [c for c in (os.environ.get("PGRUNBOOK_HTTP_CHECKS") or "").split(",") if c],
     }
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
-KINDS = ("scheduled", "manual", "pre-migration")
+KINDS = ("scheduled", "manual", "pre-migration", "cutover")  # cutover: the final backup of a frozen source
 COMPRESSIONS = ("zstd", "gzip", "none")
 
 

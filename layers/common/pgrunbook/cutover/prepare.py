@@ -1,0 +1,272 @@
+"""The candidate before the switch: tried by the application (staging smoke, runbook step 3.4) and made
+production-ready once approved.
+
+Staging smoke: the staging service's secret gets the candidate's URL (a new version), staging is
+rolled, /health, /ready, the sign-in check and a read endpoint run against the staging URL, and the
+staging secret is moved back to its previous version and staging rolled again, whatever happened.
+
+Production-ready (after approval: before it, the candidate must stay deletable by the teardown):
+- `database` target: kept (label `pgrunbook.keep`, comment), the source database's own settings
+  (ALTER DATABASE ... SET), grants (CONNECT, CREATE, TEMPORARY) and owner copied onto it; objects
+  inside got their owners and grants from the restore;
+- `rds` target: production parameter group, backup retention for PITR, deletion protection, a name and
+  tags that mark it kept (outside the teardown role's name prefix); polled until applied.
+
+Invariants: the production application's secret is never touched here; staging always ends on its
+previous secret version; nothing here writes a table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .. import aws, catalog
+from ..dburl import DatabaseUrl, mask_secrets
+from ..errors import CutoverError, PgrunbookError
+from ..verify import CheckResult, HttpCheck, http_check
+from . import dbstate, proof
+from .config import StagingConfig
+from .roll import aws_reason, make_roller
+from .secret import SecretSlot
+
+log = logging.getLogger(__name__)
+
+KEEP_LABEL = "pgrunbook.keep"
+KEPT_COMMENT = "pgrunbook: kept cutover candidate"
+_NOT_COPIED = ("default_transaction_read_only",)
+
+
+class ProductionReadyFailed(CutoverError):
+    """The approved candidate could not be made production-ready (nothing was switched)."""
+
+
+# --------------------------------------------------------------------------- the application on the candidate
+def app_login(url: DatabaseUrl) -> CheckResult:
+    """Can the application's role (its own credentials) connect to the candidate?"""
+    try:
+        with catalog.connect(url, autocommit=True, application=dbstate.APPLICATION) as conn:
+            conn.execute("SELECT 1")
+    except PgrunbookError as exc:
+        return CheckResult("application login", f"{url.user} connects", "refused", False, str(exc))
+    return CheckResult("application login", f"{url.user} connects", "connected", True, url.display())
+
+
+def staging_smoke(staging: StagingConfig, candidate_url: str, *, token: str, poll: float, roll_timeout: float,
+                  ready_timeout: float, sign_in_body: Any = None,
+                  webhook_key: bytes | None = None) -> list[CheckResult]:
+    """Point staging at the candidate, roll, check, point it back, roll. Returns the checks (named
+    `staging ...`); a failed switch or roll is a failed check, never an exception."""
+    slot = SecretSlot(staging.secret_id, staging.secret_key)
+    roller = make_roller(ecs_service=staging.ecs_service, webhook_url=staging.webhook_url, webhook_key=webhook_key,
+                         timeout=roll_timeout, poll=poll)
+    checks: list[CheckResult] = []
+    try:
+        switch = slot.switch(candidate_url, token)
+    except PgrunbookError as exc:
+        return [CheckResult("staging switch", "staging reads the candidate", "not switched", False, str(exc))]
+    try:
+        roller.roll(reason="staging-smoke", secret_id=slot.secret_id, version_id=switch.new_version_id)
+        ready = proof.wait_ready(staging.url.rstrip("/") + "/ready", timeout=ready_timeout, poll=poll)
+        ready.name = "staging ready after the roll"
+        checks.append(ready)
+        wanted = [HttpCheck.parse("GET:/health:200"), HttpCheck.parse("GET:/ready:200"),
+                  *(HttpCheck.parse(c) for c in staging.checks)]
+        for check in wanted:
+            checks.append(http_check(staging.url, check, 10.0, name=f"staging {check.method} {check.path}"))
+        if staging.sign_in:
+            spec = HttpCheck.parse(staging.sign_in)
+            checks.append(http_check(staging.url, HttpCheck(spec.method, spec.path, spec.status, sign_in_body or {}),
+                                     10.0, name=f"staging sign-in {spec.method} {spec.path}"))
+    except PgrunbookError as exc:
+        checks.append(CheckResult("staging roll", "staging rolled onto the candidate", "failed", False, str(exc)))
+    finally:
+        try:
+            slot.restore(switch.previous_version_id, expected_current=switch.new_version_id)
+            roller.roll(reason="staging-restore", secret_id=slot.secret_id, version_id=switch.previous_version_id)
+        except PgrunbookError as exc:
+            checks.append(CheckResult("staging restored", "staging back on its own database", "NOT restored", False,
+                                      f"{exc}: point staging's secret back by hand"))
+    return checks
+
+
+# --------------------------------------------------------------------------- production-ready: database target
+def _database_facts(conn: psycopg.Connection[Any]) -> tuple[str, list[tuple[str, str, bool]] | None, dict[str, str]]:
+    """(owner, ACL entries as (grantee or PUBLIC, privilege, grantable) or None for the default ACL,
+    settings) of the connected database."""
+    row = conn.execute("SELECT pg_get_userbyid(datdba), datacl IS NULL FROM pg_database "
+                       "WHERE datname = current_database()").fetchone()
+    assert row is not None
+    acl = None
+    if not row[1]:
+        acl = [(str(g), str(p), bool(o)) for g, p, o in conn.execute("""
+            SELECT coalesce(pg_get_userbyid(a.grantee), 'PUBLIC') AS grantee, a.privilege_type, a.is_grantable
+            FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = current_database()
+            ORDER BY 1, 2""").fetchall()]
+    settings = {k: v for k, v in dbstate.database_settings(conn).items()
+                if k not in _NOT_COPIED and not k.startswith("pgrunbook.")}
+    return str(row[0]), acl, settings
+
+
+def _role(name: str) -> sql.Composable:
+    return sql.SQL("PUBLIC") if name == "PUBLIC" else sql.Identifier(name)
+
+
+def database_production_ready(source: DatabaseUrl, candidate: DatabaseUrl, *, source_name: str,
+                              execution: str) -> list[CheckResult]:
+    """Mark the candidate kept, then give it the source database's settings, grants and owner (in that
+    order: once the owner changes we may no longer change the rest). Returns one check per property."""
+    with catalog.connect(source, autocommit=True, application=dbstate.APPLICATION) as conn:
+        owner, acl, settings = _database_facts(conn)
+    with dbstate.manage(candidate) as conn:
+        db = sql.Identifier(candidate.dbname)
+        try:
+            conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(db, sql.Identifier(KEEP_LABEL),
+                                                                        sql.Literal("cutover")))
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(db, sql.Literal(
+                f"{KEPT_COMMENT} of {source_name} (execution {execution})")))
+            current = dbstate.database_settings(conn)
+            for name, value in settings.items():
+                if current.get(name) != value:
+                    literal: sql.Composable = sql.SQL(value) if name == "search_path" else sql.Literal(value)
+                    conn.execute(sql.SQL("ALTER DATABASE {} SET {} TO {}").format(db, sql.Identifier(name), literal))
+            if acl is not None:
+                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+                for grantee, privilege, grantable in acl:
+                    if grantee == owner:
+                        continue  # the owner's own rights come with ownership
+                    conn.execute(sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+                        sql.SQL(privilege), db, _role(grantee),
+                        sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+            row = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+                               ).fetchone()
+            if row and row[0] != owner:
+                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, sql.Identifier(owner)))
+        except psycopg.Error as exc:
+            raise ProductionReadyFailed(f"cannot make {candidate.display()} production-ready: "
+                                        f"{mask_secrets(' '.join(str(exc).split()))[:300]}") from None
+    with catalog.connect(candidate, autocommit=True, application=dbstate.APPLICATION) as conn:
+        got_owner, got_acl, got_settings = _database_facts(conn)
+    return [
+        CheckResult("database owner as on the source", owner, got_owner, got_owner == owner),
+        CheckResult("database grants as on the source", _acl_text(acl, owner), _acl_text(got_acl, got_owner),
+                    _acl_text(acl, owner) == _acl_text(got_acl, got_owner)),
+        CheckResult("database settings as on the source", _settings_text(settings), _settings_text(got_settings),
+                    got_settings == settings),
+    ]
+
+
+def _acl_text(acl: list[tuple[str, str, bool]] | None, owner: str) -> str:
+    if acl is None:
+        return "default"
+    items = sorted(f"{g}:{p}{'*' if o else ''}" for g, p, o in acl if g != owner)
+    return ", ".join(items) or "owner only"
+
+
+def _settings_text(settings: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) or "none"
+
+
+# --------------------------------------------------------------------------- production-ready: RDS target
+def kept_identifier(database: str, execution: str) -> str:
+    """The kept candidate's instance identifier: outside the teardown role's `pgrb-<stack>-` prefix."""
+    from ..operations import target_identifier
+
+    return target_identifier(database, execution, prefix="pgrunbook-kept")
+
+
+def rds_production_ready(ref: Any, *, source_name: str, execution: str,
+                         parameter_group: str | None) -> tuple[str, dict[str, Any]]:
+    """One poll of making an RDS candidate production-ready: ("modifying", ref) until it is available under
+    its kept name with the production parameter group in sync, then ("ready", ref with the new endpoint)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from ..operations import TAG_KEEP, TAG_PURPOSE, target_url
+    from ..provision.rds import RdsProvisioner, RdsSettings
+
+    rds = aws.client("rds")
+    kept = kept_identifier(source_name, execution)
+    settings = RdsSettings.from_env()
+
+    def describe(ident: str) -> dict[str, Any] | None:
+        try:
+            return dict(rds.describe_db_instances(DBInstanceIdentifier=ident)["DBInstances"][0])
+        except ClientError as exc:
+            if "NotFound" in aws_reason(exc):
+                return None
+            raise ProductionReadyFailed(f"RDS: cannot describe {ident}: {aws_reason(exc)}") from None
+
+    try:
+        inst = describe(kept)
+        if inst is None:  # first call: rename, production settings, protection, tags
+            current = describe(ref["name"])
+            if current is None:
+                raise ProductionReadyFailed(f"RDS instance {ref['name']} not found")
+            major = str(current.get("EngineVersion") or "18").split(".")[0]
+            group = parameter_group or f"default.postgres{major}"
+            provisioner = RdsProvisioner(replace(settings, parameter_group=group))
+            args = provisioner.production_arguments(ref["name"])
+            rds.modify_db_instance(**args, NewDBInstanceIdentifier=kept, DeletionProtection=True)
+            rds.add_tags_to_resource(ResourceName=str(current["DBInstanceArn"]), Tags=[
+                {"Key": TAG_KEEP, "Value": "cutover"}, {"Key": TAG_PURPOSE, "Value": "cutover-candidate"}])
+            return "modifying", {**ref, "status": "modifying"}
+        pending = inst.get("PendingModifiedValues") or {}
+        groups = inst.get("DBParameterGroups") or []
+        if str(inst.get("DBInstanceStatus")) != "available" or pending:
+            return "modifying", {**ref, "name": kept, "status": "modifying"}
+        if any(g.get("ParameterApplyStatus") == "pending-reboot" for g in groups):
+            rds.reboot_db_instance(DBInstanceIdentifier=kept)
+            return "modifying", {**ref, "name": kept, "status": "modifying"}
+    except (ClientError, BotoCoreError) as exc:
+        raise ProductionReadyFailed(f"RDS refused to make {ref['name']} production-ready: {aws_reason(exc)}") \
+            from None
+    endpoint = inst.get("Endpoint") or {}
+    ready = {**ref, "name": kept, "status": "available", "host": endpoint.get("Address") or ref.get("host"),
+             "port": int(endpoint.get("Port") or ref.get("port") or 5432)}
+    from ..events import TargetRef
+    from ..restore import analyze
+
+    analyze(DatabaseUrl.parse(target_url(TargetRef.parse(ready))))
+    return "ready", ready
+
+
+def ensure_app_login(admin: DatabaseUrl, app: DatabaseUrl) -> str | None:
+    """On a new instance the application's role exists (restored NOLOGIN) or not at all: give it LOGIN
+    and the password the application uses (from its secret). Returns what was done, None if nothing."""
+    if app.user is None or app.password is None or app_login(app).ok:
+        return None
+    with dbstate.manage(admin) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (app.user,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        try:
+            conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(app.user),
+                                                                             sql.Literal(app.password)))
+        except psycopg.Error as exc:
+            raise ProductionReadyFailed(f"cannot let {app.user} log in on the candidate: "
+                                        f"{mask_secrets(' '.join(str(exc).split()))[:200]}") from None
+    return f"role {app.user}: LOGIN with the application's password ({verb.lower()}d)"
+
+
+def read_secret_value(secret_id: str) -> str:
+    """A secret's current string (a webhook key, a sign-in body)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        resp = aws.client("secretsmanager").get_secret_value(SecretId=secret_id, VersionStage="AWSCURRENT")
+    except (ClientError, BotoCoreError) as exc:
+        raise CutoverError(f"cannot read secret {secret_id}: {aws_reason(exc)}") from None
+    return str(resp.get("SecretString") or "")
+
+
+def sign_in_body(secret_id: str | None) -> Any:
+    if not secret_id:
+        return None
+    try:
+        return json.loads(read_secret_value(secret_id))
+    except json.JSONDecodeError:
+        raise CutoverError(f"secret {secret_id} (the staging sign-in body) is not JSON") from None
