@@ -285,6 +285,13 @@ def toc_owners(entries: list[TocEntry], roles: list[str]) -> set[str]:
     return {r for r in roles if any(t.endswith(" " + toc_printed(r)) for t in tails)}
 
 
+def toc_system_acls(entries: list[TocEntry]) -> list[str]:
+    """The archive's grants on system objects (pg_dump keeps changed privileges of pg_catalog objects, e.g.
+    REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC): only a superuser may restore them."""
+    return [e.text.removeprefix("ACL pg_catalog ").rsplit(" ", 1)[0] for e in entries
+            if e.text.startswith("ACL pg_catalog ")]
+
+
 def _legacy_keys(entry: TocEntry) -> set[str]:
     """Every "schema.name" a TABLE DATA line can mean: `TABLE DATA <schema> <name> <owner>` split at any
     two of its spaces."""

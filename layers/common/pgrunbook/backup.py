@@ -319,6 +319,7 @@ class _CatalogReader:
         self.exts: dict[str, str] = {}
         self.roles: list[str] = []
         self.owners: list[str] = []
+        self.schemas: list[dict[str, Any]] = []
         self.prisma_schema: str | None = None
         self.prisma: list[dict[str, Any]] | None = None
         self.prisma_table: str | None = None
@@ -335,7 +336,7 @@ class _CatalogReader:
         self.seqs = catalog.sequences(conn)
         self.exts = catalog.extensions(conn)
         self.roles = catalog.roles_used(conn)
-        self.owners = catalog.owner_roles(conn)
+        self.owners, self.schemas = catalog.owner_roles(conn), catalog.schema_owners(conn)
         self.prisma_schema = catalog.prisma_schema(conn)
         self.prisma_table = catalog.prisma_table(conn)
         self.prisma = catalog.prisma_migrations(conn, self.prisma_schema) if self.prisma_schema is not None else None
@@ -482,7 +483,8 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
                    "server_version": identity.server_version, "server_version_num": identity.server_version_num,
                    "system_identifier": identity.system_identifier, "encoding": identity.encoding,
                    "database_size_bytes": identity.database_size_bytes, "extensions": exts, "roles": roles,
-                   "owners": reader.owners, "server_port": identity.port, "server_started_at": identity.started_at},
+                   "owners": reader.owners, "schemas": reader.schemas, "server_port": identity.port,
+                   "server_started_at": identity.started_at},
         "snapshot": snapshot,
         "started_at": started.isoformat(),
         "finished_at": finished.isoformat(),

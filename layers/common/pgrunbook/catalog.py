@@ -240,46 +240,46 @@ def extensions(conn: psycopg.Connection[Any]) -> dict[str, str]:
     return {str(n): str(v) for n, v in rows.fetchall()}
 
 
-# Every object pg_dump dumps with an owner or a grant list: (owner, acl, classid, objid). Extension members
-# are left out (pg_dump dumps the extension, not its members), and so is the owner of the public schema when
-# it is the default pg_database_owner (pg_dump writes no ALTER SCHEMA public OWNER for it).
+# Every object pg_dump dumps with an owner or a grant list: (owner, acl, nsp, classid, objid), nsp the schema
+# of a schema-qualified object (NULL for the others and for schemas themselves). Extension members are left
+# out (pg_dump dumps the extension, not its members), and so is the owner of the public schema when it is the
+# default pg_database_owner (pg_dump writes no ALTER SCHEMA public OWNER for it).
+_IN_SCHEMA = [  # catalog, its alias's owner, acl (or NULL) and namespace columns
+    ("pg_class", "relowner", "relacl", "relnamespace"), ("pg_proc", "proowner", "proacl", "pronamespace"),
+    ("pg_type", "typowner", "typacl", "typnamespace"), ("pg_collation", "collowner", "NULL", "collnamespace"),
+    ("pg_conversion", "conowner", "NULL", "connamespace"), ("pg_operator", "oprowner", "NULL", "oprnamespace"),
+    ("pg_opclass", "opcowner", "NULL", "opcnamespace"), ("pg_opfamily", "opfowner", "NULL", "opfnamespace"),
+    ("pg_ts_config", "cfgowner", "NULL", "cfgnamespace"), ("pg_ts_dict", "dictowner", "NULL", "dictnamespace"),
+    ("pg_statistic_ext", "stxowner", "NULL", "stxnamespace"),
+]
+_GLOBAL = [  # catalog (as classid), table, owner, acl, filter
+    ("pg_largeobject", "pg_largeobject_metadata", "lomowner", "lomacl", "true"),
+    ("pg_foreign_data_wrapper", "pg_foreign_data_wrapper", "fdwowner", "fdwacl", "true"),
+    ("pg_foreign_server", "pg_foreign_server", "srvowner", "srvacl", "true"),
+    ("pg_event_trigger", "pg_event_trigger", "evtowner", "NULL", "true"),
+    ("pg_publication", "pg_publication", "pubowner", "NULL", "true"),
+    ("pg_language", "pg_language", "lanowner", "lanacl", "x.lanispl"),
+    ("pg_default_acl", "pg_default_acl", "defaclrole", "defaclacl", "true"),
+]
+def _union(cat: str, table: str, owner: str, acl: str, nsp: str | None, cond: str) -> str:
+    acl_col = "NULL" if acl == "NULL" else f"x.{acl}"
+    if nsp is None:
+        return f"""    UNION ALL SELECT x.{owner}, {acl_col}, NULL, '{cat}'::regclass, x.oid
+      FROM {table} x WHERE {cond}\n"""
+    return f"""    UNION ALL SELECT x.{owner}, {acl_col}, n.oid, '{cat}'::regclass, x.oid
+      FROM {table} x JOIN pg_namespace n ON n.oid = x.{nsp} WHERE {USER_SCHEMAS}\n"""
+
+
 _OWNED_OBJECTS = f"""
-    SELECT c.relowner AS owner, c.relacl AS acl, 'pg_class'::regclass AS classid, c.oid AS objid
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_SCHEMAS}
-    UNION ALL SELECT CASE WHEN n.nspname = 'public' AND n.nspowner =
-                               (SELECT oid FROM pg_roles WHERE rolname = 'pg_database_owner') THEN NULL
-                          ELSE n.nspowner END, n.nspacl, 'pg_namespace'::regclass, n.oid
+    SELECT CASE WHEN n.nspname = 'public' AND n.nspowner =
+                     (SELECT oid FROM pg_roles WHERE rolname = 'pg_database_owner') THEN NULL
+                ELSE n.nspowner END AS owner, n.nspacl AS acl, NULL::oid AS nsp,
+           'pg_namespace'::regclass AS classid, n.oid AS objid
       FROM pg_namespace n WHERE {USER_SCHEMAS}
-    UNION ALL SELECT p.proowner, p.proacl, 'pg_proc'::regclass, p.oid
-      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMAS}
-    UNION ALL SELECT t.typowner, t.typacl, 'pg_type'::regclass, t.oid
-      FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {USER_SCHEMAS}
-    UNION ALL SELECT x.collowner, NULL, 'pg_collation'::regclass, x.oid
-      FROM pg_collation x JOIN pg_namespace n ON n.oid = x.collnamespace WHERE {USER_SCHEMAS}
-    UNION ALL SELECT x.conowner, NULL, 'pg_conversion'::regclass, x.oid
-      FROM pg_conversion x JOIN pg_namespace n ON n.oid = x.connamespace WHERE {USER_SCHEMAS}
-    UNION ALL SELECT x.oprowner, NULL, 'pg_operator'::regclass, x.oid
-      FROM pg_operator x JOIN pg_namespace n ON n.oid = x.oprnamespace WHERE {USER_SCHEMAS}
-    UNION ALL SELECT x.opcowner, NULL, 'pg_opclass'::regclass, x.oid
-      FROM pg_opclass x JOIN pg_namespace n ON n.oid = x.opcnamespace WHERE {USER_SCHEMAS}
-    UNION ALL SELECT x.opfowner, NULL, 'pg_opfamily'::regclass, x.oid
-      FROM pg_opfamily x JOIN pg_namespace n ON n.oid = x.opfnamespace WHERE {USER_SCHEMAS}
-    UNION ALL SELECT x.cfgowner, NULL, 'pg_ts_config'::regclass, x.oid
-      FROM pg_ts_config x JOIN pg_namespace n ON n.oid = x.cfgnamespace WHERE {USER_SCHEMAS}
-    UNION ALL SELECT x.dictowner, NULL, 'pg_ts_dict'::regclass, x.oid
-      FROM pg_ts_dict x JOIN pg_namespace n ON n.oid = x.dictnamespace WHERE {USER_SCHEMAS}
-    UNION ALL SELECT x.stxowner, NULL, 'pg_statistic_ext'::regclass, x.oid
-      FROM pg_statistic_ext x JOIN pg_namespace n ON n.oid = x.stxnamespace WHERE {USER_SCHEMAS}
-    UNION ALL SELECT x.lomowner, x.lomacl, 'pg_largeobject'::regclass, x.oid FROM pg_largeobject_metadata x
-    UNION ALL SELECT x.fdwowner, x.fdwacl, 'pg_foreign_data_wrapper'::regclass, x.oid FROM pg_foreign_data_wrapper x
-    UNION ALL SELECT x.srvowner, x.srvacl, 'pg_foreign_server'::regclass, x.oid FROM pg_foreign_server x
-    UNION ALL SELECT x.evtowner, NULL, 'pg_event_trigger'::regclass, x.oid FROM pg_event_trigger x
-    UNION ALL SELECT x.pubowner, NULL, 'pg_publication'::regclass, x.oid FROM pg_publication x
-    UNION ALL SELECT x.lanowner, x.lanacl, 'pg_language'::regclass, x.oid FROM pg_language x WHERE x.lanispl
-    UNION ALL SELECT x.defaclrole, x.defaclacl, 'pg_default_acl'::regclass, x.oid FROM pg_default_acl x
-"""
+""" + "".join(_union(cat, cat, owner, acl, nsp, "") for cat, owner, acl, nsp in _IN_SCHEMA) \
+    + "".join(_union(cat, table, owner, acl, None, cond) for cat, table, owner, acl, cond in _GLOBAL)
 _DUMPED_OBJECTS = f"""
-    SELECT o.owner, o.acl FROM ({_OWNED_OBJECTS}) o
+    SELECT o.owner, o.acl, o.nsp FROM ({_OWNED_OBJECTS}) o
     WHERE NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = o.classid AND d.objid = o.objid
                       AND d.deptype = 'e')
 """
@@ -303,6 +303,21 @@ def owner_roles(conn: psycopg.Connection[Any]) -> list[str]:
         SELECT DISTINCT r.rolname FROM ({_DUMPED_OBJECTS}) o JOIN pg_roles r ON r.oid = o.owner
         ORDER BY 1""").fetchall()
     return [str(r[0]) for r in rows]
+
+
+def schema_owners(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Every schema holding objects pg_dump dumps: its name, its owner (None for the public schema's default
+    owner pg_database_owner) and the owners of its objects. A role that is given an object (ALTER ... OWNER
+    TO) must be able to create in its schema; pg_restore grants privileges on schemas only at the end."""
+    rows = conn.execute(f"""
+        SELECT n.nspname, CASE WHEN n.nspname = 'public' AND s.rolname = 'pg_database_owner' THEN NULL
+                               ELSE s.rolname END,
+               array_agg(DISTINCT r.rolname ORDER BY r.rolname)
+        FROM ({_DUMPED_OBJECTS}) o JOIN pg_namespace n ON n.oid = o.nsp
+        JOIN pg_roles s ON s.oid = n.nspowner JOIN pg_roles r ON r.oid = o.owner
+        GROUP BY n.nspname, s.rolname ORDER BY 1""").fetchall()
+    return [{"name": str(n), "owner": None if o is None else str(o), "object_owners": [str(r) for r in owners]}
+            for n, o, owners in rows]
 
 
 def prisma_table(conn: psycopg.Connection[Any]) -> str | None:

@@ -144,6 +144,13 @@ class Manifest:
         return None if owners is None else [str(r) for r in owners]
 
     @property
+    def schemas(self) -> list[dict[str, Any]] | None:
+        """Schemas holding objects: name, owner (None: the public schema's default), object_owners
+        (None when the manifest did not record them)."""
+        schemas = self.data["source"].get("schemas")
+        return None if schemas is None else [dict(s) for s in schemas]
+
+    @property
     def finished_at(self) -> str:
         return str(self.data["finished_at"])
 

@@ -53,6 +53,7 @@ from .archive import (
     table_data_count,
     toc_extensions,
     toc_owners,
+    toc_system_acls,
 )
 from .dburl import DatabaseUrl, mask_secrets
 from .errors import (
@@ -207,6 +208,8 @@ class _Needs:
     extensions: set[str] = field(default_factory=set)
     roles: set[str] = field(default_factory=set)
     owners: set[str] | None = None  # roles owning objects (None: not known yet, e.g. a version 1 manifest)
+    schemas: list[dict[str, Any]] = field(default_factory=list)  # name, owner, object_owners (manifest v2)
+    system_acls: list[str] = field(default_factory=list)  # grants on pg_catalog objects (superuser only)
     source: catalog.DatabaseIdentity | None = None  # the backup's source database
 
 
@@ -220,6 +223,7 @@ def _needs_of(manifest: Manifest | None) -> _Needs:
     needs.roles = set(manifest.roles)
     owners = manifest.owners
     needs.owners = None if owners is None else set(owners)
+    needs.schemas = manifest.schemas or []
     needs.source = catalog.DatabaseIdentity.recorded(src)
     return needs
 
@@ -239,6 +243,10 @@ class _TargetInfo:
     can_create_in_database: bool = False
     extension_needs_superuser: dict[str, bool] = field(default_factory=dict)  # name -> superuser, default version
     extension_trusted: dict[str, bool] = field(default_factory=dict)
+    # privileges pg_restore will need, found missing: (role, what, the GRANT that gives it); `self_gaps` for
+    # the restoring role (needed even with --no-owner), `owner_gaps` for the roles objects are given to
+    self_gaps: list[tuple[str, str, str]] = field(default_factory=list)
+    owner_gaps: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -250,7 +258,7 @@ class _Verdict:
     warnings: list[str] = field(default_factory=list)
 
 
-def _inspect_target(url: DatabaseUrl) -> _TargetInfo:
+def _inspect_target(url: DatabaseUrl, needs: _Needs | None = None) -> _TargetInfo:
     with catalog.connect(url, autocommit=True, application="pgrunbook-restore") as conn:
         identity = catalog.server_identity(conn)
         objects = target_objects(conn)
@@ -270,12 +278,71 @@ def _inspect_target(url: DatabaseUrl) -> _TargetInfo:
             SELECT e.name, v.superuser, v.trusted FROM pg_available_extensions e
             JOIN pg_available_extension_versions v ON v.name = e.name AND v.version = e.default_version""").fetchall()
         extra = _session_extras(conn)
-    return _TargetInfo(identity=identity, available_extensions=available, installed_extensions=installed,
-                       roles=roles, current_user=str(me[0]) if me else "", session_extras=extra, objects=objects,
-                       mark=mark,
-                       superuser=bool(me and me[1]), can_become=become, can_create_in_database=bool(me and me[2]),
-                       extension_needs_superuser={str(n): bool(s) for n, s, _ in ext_rows},
-                       extension_trusted={str(n): bool(t) for n, _, t in ext_rows})
+        info = _TargetInfo(identity=identity, available_extensions=available, installed_extensions=installed,
+                           roles=roles, current_user=str(me[0]) if me else "", session_extras=extra, objects=objects,
+                           mark=mark,
+                           superuser=bool(me and me[1]), can_become=become, can_create_in_database=bool(me and me[2]),
+                           extension_needs_superuser={str(n): bool(s) for n, s, _ in ext_rows},
+                           extension_trusted={str(n): bool(t) for n, _, t in ext_rows})
+        if needs is not None and needs.schemas and not info.superuser:
+            info.self_gaps, info.owner_gaps = _creation_gaps(conn, needs.schemas, info)
+    return info
+
+
+def _creation_gaps(conn: psycopg.Connection[Any], schemas: list[dict[str, Any]],
+                   info: _TargetInfo) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """Privileges a non-superuser pg_restore needs and the target lacks (see _TargetInfo). pg_restore
+    creates each schema and object as the restoring role, then gives it to its owner: ALTER SCHEMA ...
+    OWNER TO needs the new owner to have CREATE on the database, ALTER <object> ... OWNER TO needs it to
+    have CREATE on the object's schema; grants on schemas arrive only at the end of the restore, so only
+    a schema that already exists in the target, or membership in a new schema's owner, can give that."""
+    me = info.current_user
+    dbname = catalog.ident(info.identity.database)
+    existing = {str(r[0]) for r in conn.execute(
+        f"SELECT n.nspname FROM pg_namespace n WHERE {catalog.USER_SCHEMAS}").fetchall()}
+    asks: list[tuple[str, str, str]] = []  # (kind, role, schema or role)
+    for entry in schemas:
+        name, owner = str(entry["name"]), entry["owner"]
+        asks.append(("schema", me, name) if name in existing else ("database", me, ""))
+        if name not in existing and owner is not None and owner != me:
+            asks.append(("database", str(owner), ""))
+        for role in entry["object_owners"]:
+            if role == me:
+                continue
+            if name in existing:
+                asks.append(("schema", str(role), name))
+            elif owner is not None and role != owner:
+                asks.append(("member", str(role), str(owner)))
+    asks = [a for a in dict.fromkeys(asks) if a[1] in info.roles and (a[0] != "member" or a[2] in info.roles)]
+    if not asks:
+        return [], []
+    rows = conn.execute("""
+        SELECT a.kind, a.role, a.what,
+               CASE a.kind WHEN 'schema' THEN has_schema_privilege(r.oid, n.oid, 'CREATE')
+                           WHEN 'database' THEN has_database_privilege(r.oid, d.oid, 'CREATE')
+                           ELSE pg_has_role(r.oid, o.oid, 'USAGE') END
+        FROM unnest(%s::text[], %s::text[], %s::text[]) AS a(kind, role, what)
+        JOIN pg_roles r ON r.rolname = a.role
+        LEFT JOIN pg_namespace n ON a.kind = 'schema' AND n.nspname = a.what
+        LEFT JOIN pg_roles o ON a.kind = 'member' AND o.rolname = a.what
+        CROSS JOIN (SELECT oid FROM pg_database WHERE datname = current_database()) d""",
+        ([a[0] for a in asks], [a[1] for a in asks], [a[2] for a in asks])).fetchall()
+    self_gaps: list[tuple[str, str, str]] = []
+    owner_gaps: list[tuple[str, str, str]] = []
+    for kind, role, what, ok in rows:
+        if ok:
+            continue
+        who = catalog.ident(str(role))
+        if kind == "schema":
+            gap = (str(role), f"create in schema {catalog.ident(str(what))}",
+                   f"GRANT CREATE ON SCHEMA {catalog.ident(str(what))} TO {who}")
+        elif kind == "database":
+            gap = (str(role), f"create schemas in database {dbname}", f"GRANT CREATE ON DATABASE {dbname} TO {who}")
+        else:
+            gap = (str(role), f"create in the schemas of {catalog.ident(str(what))}",
+                   f"GRANT {catalog.ident(str(what))} TO {who}")
+        (self_gaps if role == me else owner_gaps).append(gap)
+    return self_gaps, owner_gaps
 
 
 def _session_extras(conn: psycopg.Connection[Any]) -> dict[str, str]:
@@ -362,6 +429,26 @@ def _check_target(url: DatabaseUrl, info: _TargetInfo, needs: _Needs, allow_no_o
                 f"everything, or grant {'them' if many else 'it'} to {user} first "
                 f"(GRANT {_names(foreign)} TO {user})")
         verdict.foreign_owners = foreign
+    if needs.system_acls and not info.superuser:
+        raise PrivilegeRefused(
+            f"the backup changes privileges on system objects ({', '.join(needs.system_acls[:3])}"
+            f"{', ...' if len(needs.system_acls) > 3 else ''}), which only a superuser may restore: restore as a "
+            f"superuser, or reset those privileges in the source and back it up again")
+    if info.self_gaps:
+        user = catalog.ident(info.current_user)
+        raise PrivilegeRefused(
+            f"the restoring role {user} may not {' or '.join(what for _, what, _ in info.self_gaps)} of the target, "
+            f"which the backup needs: grant it first ({'; '.join(grant for _, _, grant in info.self_gaps)}), "
+            "or restore as a superuser")
+    if info.owner_gaps and not allow_no_owner:
+        user = catalog.ident(info.current_user)
+        gaps = "; ".join(f"{catalog.ident(role)} may not {what}" for role, what, _ in info.owner_gaps)
+        raise PrivilegeRefused(
+            f"the restoring role {user} cannot give objects of the backup to their owners ({gaps}; a superuser "
+            f"could, and pg_restore grants privileges on schemas only at its end): pass --no-owner to restore with "
+            f"{user} owning everything, restore as a superuser, or grant them first "
+            f"({'; '.join(grant for _, _, grant in info.owner_gaps)})")
+    verdict.foreign_owners = sorted({*verdict.foreign_owners, *(role for role, _, _ in info.owner_gaps)})
     return verdict
 
 
@@ -754,7 +841,7 @@ def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> Resto
 
     production = _production_identity(settings, result)
     needs = _needs_of(manifest)
-    info = _inspect_target(target)
+    info = _inspect_target(target, needs)
     allow_no_owner = opts.no_owner or opts.skip_missing_roles
     verdict = _check_target(target, info, needs, allow_no_owner, production)
     missing_roles = verdict.missing_roles
@@ -804,7 +891,7 @@ def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> Resto
             result.tables = table_data_count(toc)
             # a version 1 manifest recorded no owners: read them from the archive's entries
             owners = toc_owners(toc, manifest.roles) if manifest is not None and manifest.owners is None else None
-            extra = _Needs(extensions=toc_extensions(toc), owners=owners)
+            extra = _Needs(extensions=toc_extensions(toc), owners=owners, system_acls=toc_system_acls(toc))
         no_owner = _foreign_owners(_check_target(target, info, extra, allow_no_owner), no_owner, info, result)
         result.download_seconds = time.monotonic() - td
 
