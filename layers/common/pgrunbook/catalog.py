@@ -133,6 +133,12 @@ def same_database(a: DatabaseIdentity, b: DatabaseIdentity) -> bool | None:
     return None
 
 
+def live_identity(url: DatabaseUrl, *, application: str = "pgrunbook", connect_timeout: int = 10) -> DatabaseIdentity:
+    """The database `url` reaches, as its server identifies it now (raises ConnectionFailed)."""
+    with connect(url, autocommit=True, application=application, connect_timeout=connect_timeout) as conn:
+        return server_identity(conn).database_identity()
+
+
 def server_identity(conn: psycopg.Connection[Any]) -> ServerIdentity:
     row = conn.execute(
         "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "

@@ -2,15 +2,21 @@
 
 Order of work (nothing reaches the target before every guard passed):
 
-1. `--force` given; the target is not `$DATABASE_URL`.
-2. The target: reachable, EMPTY (no table, view, sequence, function, type or large object in a
-   non-system schema), not the backup's source (same `system_identifier` and database name),
-   server major >= the source's, every extension the archive uses available (all missing ones
-   reported at once), every role the archive's objects belong to present (or `--no-owner`).
+1. `--force` given.
+2. The target: reachable, neither `$DATABASE_URL`'s database nor the backup's source (one check,
+   `catalog.same_database`: what the servers say about themselves, never host spellings), EMPTY
+   (no table, view, sequence, function, type or large object in a non-system schema), server
+   major >= the source's, every extension the archive uses available (all missing ones reported at
+   once) and creatable by the restoring role, every role the archive's objects belong to present
+   (or `--no-owner`), and - unless `--no-owner` or a superuser restores - every owner role one that the
+   restoring role can become and that may create in its objects' schemas (pg_restore gives each
+   object to its owner as it goes, and grants schema privileges only at its end).
 3. The archive: fetched once into a work folder (S3 streamed, hashed while downloading; a
    local file is hashed in place; a `.dump.tar` is extracted while hashing), its sha256 equal to
    `<archive>.sha256` and to the manifest, its table of contents read by `pg_restore --list`
-   (plain SQL: the gzip stream and the 'dump complete' trailer read to the end).
+   (by fields: every manifest table has its TABLE DATA entry, found by OID; its extensions and
+   grants on system objects checked against the restoring role like those of step 2) (plain SQL:
+   the gzip stream and the 'dump complete' trailer read to the end).
 4. The target is marked `pgrunbook: restore in progress` (COMMENT ON DATABASE), the archive
    is loaded (`pg_restore -j N --exit-on-error` with restore-tuned session settings, or
    `psql -v ON_ERROR_STOP=1 --single-transaction` for the runbook's .sql/.sql.gz), and ANALYZE
@@ -471,8 +477,7 @@ def _production_identity(settings: Settings, result: RestoreResult) -> catalog.D
         return None
     prod = DatabaseUrl.parse(settings.database_url, what="DATABASE_URL")
     try:
-        with catalog.connect(prod, autocommit=True, application="pgrunbook-restore", connect_timeout=5) as conn:
-            return catalog.server_identity(conn).database_identity()
+        return catalog.live_identity(prod, application="pgrunbook-restore", connect_timeout=5)
     except (PgrunbookError, psycopg.Error) as exc:
         msg = (f"could not reach $DATABASE_URL to make sure the target is not production "
                f"({mask_secrets(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)})")
