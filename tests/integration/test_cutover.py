@@ -469,16 +469,14 @@ def assert_back_on_old(stage: Stage, old_version: str) -> None:
 def test_ready_never_healthy_rolls_back_through_the_signed_webhook(stage: Stage,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     dbs = stage.dbs
-    # Given a candidate that answers but holds no tables (the app cannot serve from it)
-    empty = dbs.empty()
-    dbs.execute(empty, sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(empty),
-                                                                            sql.Identifier(dbs.role)).as_string())
+    # Given a candidate restored from before the app's last migration: the app refuses to serve from it
+    dbs.execute(dbs.new, "DELETE FROM _prisma_migrations WHERE migration_name = '20260115000000_security_events'")
     old_version, _ = secret_value(stage.secret)
     hook = RollHook(stage.app.url, [])
     stage.extra.append(hook)
 
-    rc, report, err = run(stage.args("--webhook", hook.url, "--webhook-secret-env", "ROLL_HOOK_KEY", roll="webhook",
-                                     new=dbs.app(empty)), capsys)
+    rc, report, err = run(stage.args("--webhook", hook.url, "--webhook-secret-env", "ROLL_HOOK_KEY", roll="webhook"),
+                          capsys)
 
     assert rc == 1
     assert_one_line_error(err, "cutover rolled back: /ready never healthy after the roll")
@@ -494,12 +492,33 @@ def test_ready_never_healthy_rolls_back_through_the_signed_webhook(stage: Stage,
         event = json.loads(body)
         assert event["event"] == "roll" and event["reason"] == reason and event["secret_id"] == stage.secret
     # the candidate is left exactly as it was; the notification says why
-    assert dbs.exists(empty) and not dbs.read_only_setting(empty)
-    assert dbs.execute(empty, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+    assert dbs.exists(dbs.new) and not dbs.read_only_setting(dbs.new)
+    assert dbs.count(dbs.new, "_prisma_migrations") == 1 and dbs.count(dbs.new, "User") == 50
     ((subject, message),) = notifications(stage.topic)
     assert subject.startswith("pgrunbook cutover: ROLLED BACK")
     assert "/ready never healthy" in message and "AWSCURRENT back to version " + old_version in message
     print(report["text"])  # noqa: T201 - the rollback report pasted in the closing note
+
+
+def test_a_candidate_that_is_not_a_copy_is_refused_before_anything_changes(
+        stage: Stage, capsys: pytest.CaptureFixture[str]) -> None:
+    dbs = stage.dbs
+    old_version, _ = secret_value(stage.secret)
+    empty = dbs.empty()
+
+    rc, report, err = run(stage.args(new=dbs.admin(empty)), capsys)
+
+    assert rc == 1
+    assert_one_line_error(err, "the candidate lacks tables the old database has: Job, SecurityEvent, User")
+    assert report["outcome"] == "refused" and report["switch"] is None
+    # a copy the application's role may not read (its grants were lost) is refused too, in one line
+    dbs.execute(dbs.new, sql.SQL('REVOKE SELECT ON "User" FROM {}').format(sql.Identifier(dbs.role)).as_string())
+    rc, report, err = run(stage.args(), capsys)
+    assert rc == 1
+    assert_one_line_error(err, f"cannot count the rows of postgresql://{dbs.role}:***@")
+    assert "permission denied for table User" in err
+    assert secret_versions(stage.secret) == {old_version: ["AWSCURRENT"]}
+    assert not dbs.read_only_setting(dbs.old)
 
 
 def test_alarm_during_the_soak_rolls_back(stage: Stage, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,8 @@ when it starts and again when it is rolled, and serves the endpoints the runbook
 
 Endpoints:
   GET  /health             200 while the process runs (no database)
-  GET  /ready              200 when its database answers and has the "User" table; 503 otherwise.
+  GET  /ready              200 when its database answers, "User" is readable and every migration the app
+                           needs (pgrunbook.sample's) is applied; 503 otherwise.
                            Body: {"status", "database" (masked), "secret_version", "generation"}
   POST /api/auth/sign-in   {"email", "password"} -> 200 {"user_id"} and a "SecurityEvent" row (a write);
                            401 for an unknown user or a password other than "demo"; 503 when the
@@ -45,6 +46,7 @@ from .cutover.roll import SIGNATURE_HEADER, signature_ok
 from .cutover.secret import SecretSlot
 from .dburl import DatabaseUrl
 from .errors import PgrunbookError
+from .sample import SAMPLE_MIGRATIONS
 
 log = logging.getLogger("pgrunbook.sampleapp")
 DEMO_PASSWORD = "demo"  # noqa: S105 - the sample data's documented password
@@ -190,8 +192,14 @@ class SampleApp:
                                 "generation": self.generation}
         try:
             self._query('SELECT 1 FROM "User" LIMIT 1')
+            applied = {str(r[0]) for r in self._query(
+                "SELECT migration_name FROM _prisma_migrations WHERE finished_at IS NOT NULL "
+                "AND rolled_back_at IS NULL")}
         except (_NotReady, psycopg.Error) as exc:
             return 503, {**body, "status": "not ready", "error": str(exc)[:200]}
+        missing = sorted(set(SAMPLE_MIGRATIONS) - applied)
+        if missing:  # the schema is older than this app (a database restored from before a migration)
+            return 503, {**body, "status": "not ready", "error": f"migrations not applied: {', '.join(missing)}"}
         return 200, {**body, "status": "ready"}
 
     def sign_in(self, payload: Any) -> tuple[int, dict[str, Any]]:

@@ -186,7 +186,7 @@ def rds_production_ready(ref: Any, *, source_name: str, execution: str,
     its kept name with the production parameter group in sync, then ("ready", ref with the new endpoint)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from ..operations import TAG_KEEP, TAG_PURPOSE, target_url
+    from ..operations import TAG_KEEP, TAG_PURPOSE
     from ..provision.rds import RdsProvisioner, RdsSettings
 
     rds = aws.client("rds")
@@ -211,9 +211,10 @@ def rds_production_ready(ref: Any, *, source_name: str, execution: str,
             group = parameter_group or f"default.postgres{major}"
             provisioner = RdsProvisioner(replace(settings, parameter_group=group))
             args = provisioner.production_arguments(ref["name"])
-            rds.modify_db_instance(**args, NewDBInstanceIdentifier=kept, DeletionProtection=True)
+            # tags first: the sweeper and the teardown read them; the rename keeps them
             rds.add_tags_to_resource(ResourceName=str(current["DBInstanceArn"]), Tags=[
                 {"Key": TAG_KEEP, "Value": "cutover"}, {"Key": TAG_PURPOSE, "Value": "cutover-candidate"}])
+            rds.modify_db_instance(**args, NewDBInstanceIdentifier=kept, DeletionProtection=True)
             return "modifying", {**ref, "status": "modifying"}
         pending = inst.get("PendingModifiedValues") or {}
         groups = inst.get("DBParameterGroups") or []
@@ -225,14 +226,9 @@ def rds_production_ready(ref: Any, *, source_name: str, execution: str,
     except (ClientError, BotoCoreError) as exc:
         raise ProductionReadyFailed(f"RDS refused to make {ref['name']} production-ready: {aws_reason(exc)}") \
             from None
-    endpoint = inst.get("Endpoint") or {}
-    ready = {**ref, "name": kept, "status": "available", "host": endpoint.get("Address") or ref.get("host"),
-             "port": int(endpoint.get("Port") or ref.get("port") or 5432)}
-    from ..events import TargetRef
-    from ..restore import analyze
-
-    analyze(DatabaseUrl.parse(target_url(TargetRef.parse(ready))))
-    return "ready", ready
+    endpoint = inst.get("Endpoint") or {}  # (statistics: the restore ran ANALYZE; a reboot keeps them)
+    return "ready", {**ref, "name": kept, "status": "available", "host": endpoint.get("Address") or ref.get("host"),
+                     "port": int(endpoint.get("Port") or ref.get("port") or 5432)}
 
 
 def ensure_app_login(admin: DatabaseUrl, app: DatabaseUrl) -> str | None:

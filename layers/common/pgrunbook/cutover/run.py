@@ -272,6 +272,10 @@ def run_cutover(opts: CutoverOptions) -> CutoverReport:
         roller.check()
         check_alarms_ok(list(opts.proof.alarms))
         window = _window(old, new, opts.manifest)
+        if window.only_in_source:
+            raise CutoverRefused("the candidate lacks tables the old database has: "
+                                 + ", ".join(short_name(t) for t in window.only_in_source[:10])
+                                 + ": it is not a copy of it (wrong database?)")
     except CutoverError as exc:
         raise fail(exc) from None
     except PgrunbookError as exc:

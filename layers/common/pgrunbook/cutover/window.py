@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
 from .. import catalog
-from ..dburl import DatabaseUrl
+from ..dburl import DatabaseUrl, mask_secrets
 from ..errors import PgrunbookError
 
 
@@ -34,8 +36,12 @@ def _legacy_key(table: Any) -> str:
 def _table_counts(url: DatabaseUrl, application: str) -> list[tuple[Any, int]]:
     with catalog.connect(url, autocommit=True, application=application) as conn:
         conn.execute("SET default_transaction_read_only = on")  # counting never writes
-        tables = catalog.user_tables(conn)
-        counts = catalog.exact_counts(conn, tables)
+        try:
+            tables = catalog.user_tables(conn)
+            counts = catalog.exact_counts(conn, tables)
+        except psycopg.Error as exc:  # e.g. a table the role may not read
+            reason = " ".join(str(exc).split())[:200]
+            raise PgrunbookError(f"cannot count the rows of {url.display()}: {mask_secrets(reason)}") from None
     by_name = {_legacy_key(t): t for t in tables}
     return [(by_name.get(t, t) if isinstance(t, str) else t, int(n)) for t, n in counts.items()]
 
