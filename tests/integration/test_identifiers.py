@@ -165,7 +165,8 @@ OWNER = f"own er {TOKEN}"
 QUOTED = f'role"q\\ {TOKEN}'
 NEWLINE_ROLE = f"r\nnl\t{TOKEN}"
 UNICODE_ROLE = f"rôle ünï 🙂 {TOKEN}"
-HAND_ROLES = [OWNER, QUOTED, NEWLINE_ROLE, UNICODE_ROLE]
+LONG_ROLE = f"R{TOKEN}" + "ü" * 28  # 63 bytes
+HAND_ROLES = [OWNER, QUOTED, NEWLINE_ROLE, UNICODE_ROLE, LONG_ROLE]
 
 LONG_ASCII = "n" * 63
 LONG_UTF8 = "é" * 31 + "x"  # 63 bytes
@@ -189,7 +190,7 @@ def hand_spec() -> Spec:
                     Table("s.x", "y", [("v", "int")], rows=[(1,), (2,)], grantee=NEWLINE_ROLE)]
     for i, name in enumerate(HAND_TABLES):
         spec.tables.append(Table("public", name, HAND_COLUMNS, rows=HAND_VALUES[: 1 + i % 2],
-                                 owner=[None, OWNER, QUOTED, NEWLINE_ROLE, UNICODE_ROLE][i % 5],
+                                 owner=[None, OWNER, QUOTED, NEWLINE_ROLE, UNICODE_ROLE, LONG_ROLE][i % 6],
                                  grantee=[None, UNICODE_ROLE, OWNER][i % 3]))
     spec.sequences = [("s.x", "seq.x\n", 42), ("public", 'se"q', 7)]
     return spec
@@ -198,6 +199,7 @@ def hand_spec() -> Spec:
 @pytest.fixture(scope="module")
 def hostile_db(pg_server: LocalServer) -> Iterator[tuple[str, State]]:
     assert all(len(n.encode()) <= 63 for n in [*HAND_ROLES, *HAND_SCHEMAS, *HAND_TABLES])
+    assert len(LONG_ROLE.encode()) == len(LONG_ASCII.encode()) == len(LONG_UTF8.encode()) == 63
     create_roles(pg_server, HAND_ROLES)
     url = f"{pg_server.url()[: -len('/postgres')]}/ids_{TOKEN}"
     with psycopg.connect(pg_server.url(), autocommit=True) as conn:
@@ -314,7 +316,7 @@ def specs(draw: st.DrawFn) -> Spec:
 
 
 @seed(8_2026)
-@settings(max_examples=4, deadline=None, database=None, suppress_health_check=[
+@settings(max_examples=5, deadline=None, database=None, suppress_health_check=[
     HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(spec=specs())
 def test_generated_names_round_trip(spec: Spec, pg_server: LocalServer, tmp_path_factory: pytest.TempPathFactory,
