@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from pgrunbook.archive import ArchiveRef, verify_archive
 from pgrunbook.backup import BackupOptions, BackupResult, run_backup
 from pgrunbook.cli import main
 from pgrunbook.errors import PrivilegeRefused, TargetRefused
@@ -147,6 +148,9 @@ def round_trip(source: str, server: LocalServer, tmp: Path, fmt: str, expected: 
     listed = {(t["schema"], t["name"]): t["rows"] for t in backup.manifest_data["tables"]}
     assert listed == {key: v[0] for key, v in expected["tables"].items()}
     assert len(manifest.tables) == len(listed)
+    # `verify-backup` finds every table's data in the archive
+    checked = verify_archive(ArchiveRef.from_uri(backup.archive))
+    assert checked.ok, checked.first_failure()
     with new_db(server) as target:
         result = run_restore(RestoreOptions(file=backup.archive, target_url=target, force=True, jobs=2,
                                             analyze=False), SETTINGS)
