@@ -35,11 +35,11 @@ from tests.conftest import AWS_TEST_ENV, cli_env, run_cli
 from tests.fixtures.processes import (
     Locker,
     alive,
-    backup_sessions,
     dump_waiting_for_lock,
     files_under,
     make_table,
     one_error_line,
+    other_sessions,
     pgrunbook,
     sessions,
     tools_under,
@@ -140,7 +140,7 @@ def mark_of(url: str) -> str | None:
                                             ("folder", signal.SIGINT)])
 def test_backup_stopped_while_pg_dump_runs(where: str, sig: int, locked_db: tuple[str, Locker], tmp_path: Path,
                                            s3: tuple[Any, str, dict[str, str]]) -> None:
-    url, _locker = locked_db
+    url, locker = locked_db
     staging = tmp_path / "tmp"
     staging.mkdir()
     prefix = f"sig-{uuid.uuid4().hex[:8]}"
@@ -161,7 +161,7 @@ def test_backup_stopped_while_pg_dump_runs(where: str, sig: int, locked_db: tupl
     else:
         wait_until(lambda: not s3_leftovers(s3, prefix), "no object or multipart upload left")
     wait_until(lambda: not list(staging.iterdir()), "the staging folder to be removed")
-    wait_until(lambda: not backup_sessions(url), "the backup's sessions to leave the server")
+    wait_until(lambda: not other_sessions(url, locker.pid), "the backup's sessions to leave the server")
 
 
 # --------------------------------------------------------------------------- restore
@@ -246,7 +246,7 @@ def test_migrate_sigterm_during_the_pre_migration_backup(fresh_db: str, tmp_path
     assert "the migration run was stopped" in err
     assert_tools_gone(tools)
     assert files_under(backups) == []
-    wait_until(lambda: not backup_sessions(fresh_db), "the backup's sessions to leave the server")
+    wait_until(lambda: not other_sessions(fresh_db), "the backup's sessions to leave the server")
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         applied = [r[0] for r in conn.execute("SELECT migration_name FROM _prisma_migrations").fetchall()]
         columns = [r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = 't'::regclass "
@@ -259,7 +259,7 @@ def test_fargate_task_sigterm_writes_an_interrupted_result(locked_db: tuple[str,
                                                            s3: tuple[Any, str, dict[str, str]]) -> None:
     """ECS StopTask sends SIGTERM: the task stops pg_dump, aborts the upload, writes the error result
     the state machine reads, and exits 143."""
-    url, _locker = locked_db
+    url, locker = locked_db
     client, bucket, s3_env = s3
     parts = psycopg.conninfo.conninfo_to_dict(url)
     secrets = boto3.client("secretsmanager", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
@@ -290,7 +290,7 @@ def test_fargate_task_sigterm_writes_an_interrupted_result(locked_db: tuple[str,
     assert result["errorType"] == "Interrupted" and result["errorMessage"].startswith("interrupted by SIGTERM")
     assert_tools_gone(tools)
     assert s3_leftovers(s3, prefix + "/") == [f"{prefix}/{key}"]  # the result; no archive, no upload
-    wait_until(lambda: not backup_sessions(url), "the backup's sessions to leave the server")
+    wait_until(lambda: not other_sessions(url, locker.pid), "the backup's sessions to leave the server")
 
 
 def test_lambda_handler_stops_itself_before_its_deadline(locked_db: tuple[str, Locker],
@@ -299,7 +299,7 @@ def test_lambda_handler_stops_itself_before_its_deadline(locked_db: tuple[str, L
     upload shortly before, and the function fails with DeadlineExceeded."""
     from pgrunbook.local import handler_path, load_handler
 
-    url, _locker = locked_db
+    url, locker = locked_db
     parts = psycopg.conninfo.conninfo_to_dict(url)
     for name, value in AWS_TEST_ENV.items():
         monkeypatch.setenv(name, value)
@@ -335,7 +335,7 @@ def test_lambda_handler_stops_itself_before_its_deadline(locked_db: tuple[str, L
         assert client.list_multipart_uploads(Bucket="deadline").get("Uploads", []) == []
         assert client.list_objects_v2(Bucket="deadline").get("KeyCount") == 0
     aws.reset_clients()
-    wait_until(lambda: not backup_sessions(url), "the backup's sessions to leave the server")
+    wait_until(lambda: not other_sessions(url, locker.pid), "the backup's sessions to leave the server")
 
 
 # --------------------------------------------------------------------------- the spawn helper
@@ -346,9 +346,12 @@ def test_a_tool_outlives_the_short_lived_thread_that_started_it(fresh_db: str) -
     started: list[Any] = []
     marker = f"pgrunbook-thread-test-{uuid.uuid4().hex[:6]}"
 
+    with psycopg.connect(fresh_db) as conn:
+        major = conn.info.server_version // 10000
+
     def start_in_thread() -> None:
         started.append(spawn([psql.path, "-X", "-d", fresh_db, "-c", "SELECT pg_sleep(60)"],
-                             env=tool_env({"PGAPPNAME": marker})))
+                             env=tool_env({"PGAPPNAME": marker}, server_major=major)))
 
     thread = threading.Thread(target=start_in_thread)
     thread.start()
@@ -362,4 +365,8 @@ def test_a_tool_outlives_the_short_lived_thread_that_started_it(fresh_db: str) -
     finally:
         proc.stop()
     assert proc.returncode == -signal.SIGTERM
-    wait_until(lambda: not sessions(fresh_db, "application_name = %s", (marker,)), "psql's session to end")
+    # psql does not cancel its query when terminated: the server ends the session on its own, as it
+    # checks every 2 s that the client is still there (client_connection_check_interval), long before
+    # pg_sleep(60) would have returned
+    wait_until(lambda: not sessions(fresh_db, "application_name = %s", (marker,)), "psql's session to end",
+               timeout=30)
