@@ -107,25 +107,58 @@ class Databases:
                 sql.Identifier(db)).as_string())
 
 
-def make_databases(server: LocalServer) -> Databases:
+@dataclass(frozen=True)
+class Golden:
+    """The application's role and a production-shaped database granted to it, made once per module: each
+    test copies it (CREATE DATABASE ... TEMPLATE is much cheaper than filling a database)."""
+
+    role: str
+    password: str
+    db: str
+
+
+def make_golden(server: LocalServer) -> Golden:
     from pgrunbook.sample import create_sample_database
 
     role, password = f"app_{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
-    old = f"prod_{uuid.uuid4().hex[:8]}"
+    name = f"golden_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server.url(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
-    create_sample_database(server.url(), old, users=50, jobs_per_user=2, events=100)
-    dbs = Databases(server=server, role=role, password=password, old=old, new="")
-    dbs.execute(old, sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}; "
+    create_sample_database(server.url(), name, users=50, jobs_per_user=2, events=100)
+    with psycopg.connect(server.url(name), autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}; "
                              "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(
-        sql.Identifier(role), sql.Identifier(role)).as_string())
+            sql.Identifier(role), sql.Identifier(role)))
+    return Golden(role, password, name)
+
+
+def drop_golden(server: LocalServer, golden: Golden) -> None:
+    with psycopg.connect(server.url(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(golden.db)))
+
+
+def make_databases(server: LocalServer, golden: Golden | None = None) -> Databases:
+    """The production database (a copy of the golden one, or a new golden one) and a candidate copied from it."""
+    own = golden is None
+    golden = golden or make_golden(server)
+    dbs = Databases(server=server, role=golden.role, password=golden.password, old=golden.db, new="")
+    dbs.old = dbs.copy("prod")  # (copy() copies dbs.old: first the golden database, then this copy)
     dbs.new = dbs.copy()
+    if own:
+        dbs.made.append(golden.db)  # dropped with the rest
     return dbs
 
 
+@pytest.fixture(scope="module")
+def golden(pg_server: LocalServer) -> Iterator[Golden]:
+    found = make_golden(pg_server)
+    yield found
+    drop_golden(pg_server, found)
+
+
 @pytest.fixture()
-def dbs(pg_server: LocalServer) -> Iterator[Databases]:
-    found = make_databases(pg_server)
+def dbs(pg_server: LocalServer, golden: Golden) -> Iterator[Databases]:
+    found = make_databases(pg_server, golden)
     yield found
     found.drop_all()
 

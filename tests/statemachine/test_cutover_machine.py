@@ -30,8 +30,11 @@ from pgrunbook.sampleapp import SampleApp
 from tests.integration.test_cutover import (
     Databases,
     EcsAgent,
+    Golden,
     create_alarm,
+    drop_golden,
     make_databases,
+    make_golden,
     secret_value,
     secret_versions,
     set_alarm,
@@ -54,10 +57,17 @@ class Setup:
     agent: EcsAgent | None = None
 
 
+@pytest.fixture(scope="module")
+def golden(pg_server: LocalServer) -> Iterator[Golden]:
+    found = make_golden(pg_server)
+    yield found
+    drop_golden(pg_server, found)
+
+
 @contextmanager
-def local_stack(pg_server: LocalServer, *, roll: str = "ecs", staging: bool = True,
+def local_stack(pg_server: LocalServer, golden: Golden, *, roll: str = "ecs", staging: bool = True,
                 extra_env: dict[str, str] | None = None) -> Iterator[Setup]:
-    dbs = make_databases(pg_server)
+    dbs = make_databases(pg_server, golden)
     app_port, staging_port = free_port(), free_port()
     names = {"app": f"app-{uuid.uuid4().hex[:6]}/DATABASE_URL", "staging": f"staging-{uuid.uuid4().hex[:6]}/URL",
              "key": f"roll-key-{uuid.uuid4().hex[:6]}", "sign_in": f"smoke-{uuid.uuid4().hex[:6]}"}
@@ -160,8 +170,9 @@ def read_only(s: Setup) -> bool:
 
 
 # --------------------------------------------------------------------------- happy path
-def test_approved_cutover_switches_rolls_proves_and_keeps_the_old_database_read_only(pg_server: LocalServer) -> None:
-    with local_stack(pg_server) as s:
+def test_approved_cutover_switches_rolls_proves_and_keeps_the_old_database_read_only(pg_server: LocalServer,
+                                                                                     golden: Golden) -> None:
+    with local_stack(pg_server, golden) as s:
         backed_up(s.cloud)
         assert sign_in(s.app) == 200  # a write after the backup: the data window
         start_agent(s)
@@ -213,8 +224,8 @@ def test_approved_cutover_switches_rolls_proves_and_keeps_the_old_database_read_
 
 
 # --------------------------------------------------------------------------- a fault after approval
-def test_alarm_during_the_soak_rolls_back_through_the_webhook(pg_server: LocalServer) -> None:
-    with local_stack(pg_server, roll="webhook") as s:
+def test_alarm_during_the_soak_rolls_back_through_the_webhook(pg_server: LocalServer, golden: Golden) -> None:
+    with local_stack(pg_server, golden, roll="webhook") as s:
         backed_up(s.cloud)
         old_version, _ = secret_value(s.app_secret)
         arn, token, record = until_approval(s, {})
@@ -264,8 +275,9 @@ class _AlarmOnSwitch:
 
 
 # --------------------------------------------------------------------------- freeze
-def test_freeze_never_starts_before_approval_and_closes_the_window_after(pg_server: LocalServer) -> None:
-    with local_stack(pg_server, staging=False) as s:
+def test_freeze_never_starts_before_approval_and_closes_the_window_after(pg_server: LocalServer,
+                                                                         golden: Golden) -> None:
+    with local_stack(pg_server, golden, staging=False) as s:
         backed_up(s.cloud)
         start_agent(s)
         # rejected: nothing is ever frozen
@@ -312,8 +324,8 @@ def full_disk() -> Iterator[Path]:
 
 
 def test_freeze_then_a_failed_final_restore_lifts_the_freeze_and_switches_nothing(
-        pg_server: LocalServer, full_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with local_stack(pg_server, staging=False) as s:
+        pg_server: LocalServer, golden: Golden, full_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with local_stack(pg_server, golden, staging=False) as s:
         backed_up(s.cloud)
         start_agent(s)
         old_version, _ = secret_value(s.app_secret)

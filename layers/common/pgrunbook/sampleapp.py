@@ -311,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=app.server.shutdown).start())
     print(f"listening on {app.url}", flush=True)  # noqa: T201 - the parent reads the URL from here
     try:
-        app.server.serve_forever()
+        app.server.serve_forever(poll_interval=0.1)
     finally:
         app.server.server_close()
         if app._pool is not None:
