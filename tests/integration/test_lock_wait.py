@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,22 +94,26 @@ def test_backup_waits_and_goes_on_when_the_lock_is_released(locked_db: tuple[str
                                       "--json"),
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, "")) if proc.stderr else None,
+                              daemon=True)
+    reader.start()
     try:
-        assert proc.stderr is not None
-        seen: list[str] = []
-        # the default limit (120 s) is far away; the backup reports the wait, then we let go
-        while not any("waiting for a lock" in ln for ln in seen):
-            line = proc.stderr.readline()
-            assert line, f"pgrunbook ended without reporting the wait: {''.join(seen)}"
-            seen.append(line)
-        assert f"blocked by pid {locker.pid}" in seen[-1]
+        # the default limit (120 s) is far away; the backup reports what it waits for, then we let go
+        line = wait_until(lambda: next((ln for ln in list(seen) if "waiting for a lock" in ln), None)
+                          or proc.poll() is not None, "the backup to report the wait")
+        assert isinstance(line, str), f"pgrunbook ended without reporting the wait: {''.join(seen)}"
+        assert f"blocked by pid {locker.pid}" in line
         locker.release()
-        out, err = proc.communicate(timeout=120)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 0, "".join(seen)
     archive = json.loads(out)["archive"]
     assert verify_archive(ArchiveRef.from_uri(archive)).ok
     assert_no_backup_session_left(url)
