@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -438,8 +439,13 @@ def assert_one_line_error(err: str, contains: str) -> None:
 
 # --------------------------------------------------------------------------- the happy path
 def test_cutover_switches_rolls_proves_and_sets_the_old_database_read_only(
-        stage: Stage, capsys: pytest.CaptureFixture[str]) -> None:
+        stage: Stage, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from pgrunbook.backup import BackupOptions, run_backup
+    from pgrunbook.settings import Settings
+
     dbs = stage.dbs
+    backup = run_backup(BackupOptions(database_url=dbs.admin(dbs.new), dest=str(tmp_path), jobs=1),
+                        Settings.from_env({}))  # the backup the candidate "was restored from"
     # Given writes to production after the candidate was copied (the data window)
     for _ in range(3):
         assert stage.app.sign_in() == 200
@@ -447,7 +453,7 @@ def test_cutover_switches_rolls_proves_and_sets_the_old_database_read_only(
     stage.start_agent()
     before = deployment(stage.service)["id"]
 
-    rc, report, err = run(stage.args(), capsys)
+    rc, report, err = run(stage.args("--manifest", backup.archive), capsys)
 
     assert rc == 0, err
     assert report["outcome"] == "cut over" and report["ok"] is True
@@ -463,6 +469,7 @@ def test_cutover_switches_rolls_proves_and_sets_the_old_database_read_only(
     # the data window was stated: the 3 sign-ins wrote 3 SecurityEvent rows the candidate lacks
     assert report["window_data"]["differences"] == {"public.SecurityEvent": 3}
     assert "SecurityEvent +3" in report["text"]
+    assert report["window"][0].startswith(f"backup taken {backup.manifest_data['finished_at']} (")
     # sessions moved; the old database is read-only with a retire mark; nothing reached it after the switch
     assert dbs.sessions(dbs.new) > 0 and dbs.sessions(dbs.old) == 0
     assert report["sessions"]["moved"] is True, report["sessions"]
