@@ -76,6 +76,7 @@ def local_stack(pg_server: LocalServer, golden: Golden, *, roll: str = "ecs", st
         "AppSecretArn": names["app"], "AppReadyUrl": f"http://127.0.0.1:{app_port}/ready",
         "RollWebhookSecretArn": names["key"], "CutoverSoakSeconds": "0", "CutoverAlarmNames": alarm,
         "RetireAfterDays": "7",
+        "AppUrl": f"http://127.0.0.1:{app_port}",  # the production app: Verify must not "check the copy" there
     }
     if staging:  # (one staging smoke per test: moto mislabels a secret's versions after a stage move and a put)
         params.update({"StagingSecretArn": names["staging"], "StagingUrl": f"http://127.0.0.1:{staging_port}",
@@ -154,6 +155,19 @@ def until_approval(s: Setup, payload: dict[str, Any]) -> tuple[str, str, dict[st
     return arn, token, record
 
 
+def approval_message(s: Setup) -> str:
+    """The approval request's notification (published just after the approval record is stored)."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        found = [m for subject, m in s.cloud.notifications() if (subject or "").startswith("Approve cutover of")]
+        if found:
+            return found[-1]
+        assert time.monotonic() < deadline, "no approval request was published"
+        time.sleep(0.05)
+
+
 def decide(s: Setup, arn: str, token: str, record: dict[str, Any], decision: str) -> Any:
     s.cloud.send_task_success(token, {"decision": decision, "approval_id": record["approval_id"],
                                       "approver": "ops@example.com", "decided_at": "2026-12-01T12:00:00Z",
@@ -192,12 +206,16 @@ def test_approved_cutover_switches_rolls_proves_and_keeps_the_old_database_read_
         # staging is back on its own database and secret version
         assert secret_value(s.staging_secret)[0] == staging_version
         assert s.dbs.new in str(s.staging.database)
-        _, message = s.cloud.notifications()[-1]
-        assert "staging sign-in POST /api/auth/sign-in" in message or "checks passed" in message
+        message = approval_message(s)
+        assert "staging sign-in POST /api/auth/sign-in" in message and "SecurityEvent +1" in message
 
         ex = decide(s, arn, token, record, "approved")
 
         assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+        # Verify ran no HTTP checks: the production app (AppUrl) still reads the old database
+        (after_verify,) = ex.task_outputs("Verify")
+        assert after_verify["plan"]["app_url"] is None
+        assert not [c for c in after_verify["verify"]["checks"] if c["check"].startswith("http ")]
         entered = ex.states_entered()
         assert entered[entered.index("CutoverApproved"):] == [
             "CutoverApproved", "CutoverConfigured", "KeepCandidate", "CandidateKept", "AdoptKeptTarget",
@@ -285,8 +303,7 @@ def test_freeze_never_starts_before_approval_and_closes_the_window_after(pg_serv
         assert not read_only(s)
         (estimate,) = [c for c in record["verify"]["checks"] if c["check"] == "freeze: expected write downtime"]
         assert estimate["actual"].startswith("about ") and "writes stop only after approval" in estimate["detail"]
-        _, message = s.cloud.notifications()[-1]
-        assert "writes to app stop after approval for about" in message
+        assert "writes to app stop after approval for about" in approval_message(s)
         ex = decide(s, arn, token, record, "rejected")
         assert ex.status == "SUCCEEDED" and ex.states_entered()[-1] == "RejectedDone"
         assert not read_only(s) and not database_exists(pg_server, candidate_of(ex))
