@@ -248,6 +248,7 @@ class _Watchdog:
     def __init__(self, context: Any) -> None:
         self.fired = False
         self._alarm = False
+        self._thread = threading.get_ident()  # the handler's thread: the timer stops only its tools
         self._previous: Any = None
         self._timer: threading.Timer | None = None
         remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
@@ -277,7 +278,7 @@ class _Watchdog:
         from .pgtools import stop_all
 
         self.fired = True
-        stop_all(grace=2)
+        stop_all(grace=2, owner=self._thread)
 
     def cancel(self) -> None:
         if self._timer is not None:

@@ -290,6 +290,7 @@ class ToolProcess(subprocess.Popen[bytes]):
 
     _guard: Guard | None = None
     _finished = False
+    owner: int = 0  # threading.get_ident() of the thread that asked for it
 
     def send_signal(self, sig: int) -> None:
         """Signal the tool and its workers (terminate() and kill() come here)."""
@@ -342,8 +343,11 @@ def spawn(args: Sequence[str | Path], *, env: Mapping[str, str] | None = None, s
     if _PRCTL is not None:
         kwargs["preexec_fn"] = functools.partial(_die_with_parent, os.getpid())
 
+    owner = threading.get_ident()
+
     def start() -> ToolProcess:
         proc = ToolProcess(argv, **kwargs)
+        proc.owner = owner
         with _LIVE_LOCK:
             _LIVE.add(proc)
         proc._guard = _GUARDIAN.add({"kind": "group", "pgid": proc.pid})
@@ -394,15 +398,16 @@ def run_tool(tool: Tool, args: Sequence[str], *, env: Mapping[str, str] | None =
     return proc.stdout.decode("utf-8", "replace")
 
 
-def live_tools() -> list[ToolProcess]:
-    """The tools started by this process that have not been waited for."""
+def live_tools(owner: int | None = None) -> list[ToolProcess]:
+    """The tools started by this process (by the thread `owner`, if given) not yet waited for."""
     with _LIVE_LOCK:
-        return list(_LIVE)
+        return [p for p in _LIVE if owner is None or p.owner == owner]
 
 
-def stop_all(grace: float = STOP_GRACE) -> None:
-    """Stop every tool still running (a safety net behind the operations' own cleanup)."""
-    for proc in live_tools():
+def stop_all(grace: float = STOP_GRACE, *, owner: int | None = None) -> None:
+    """Stop every tool still running (those started by the thread `owner`, if given): a safety net
+    behind the operations' own cleanup."""
+    for proc in live_tools(owner):
         proc.stop(grace)
 
 
@@ -410,13 +415,11 @@ def stop_all(grace: float = STOP_GRACE) -> None:
 @contextlib.contextmanager
 def stop_signals(signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
     """Within the block, the first of `signals` raises Interrupted in the main thread; later ones are
-    ignored while the cleanup runs. On the way out every tool still running is stopped. Outside the
-    main thread (where Python cannot take signals) it only does the latter."""
+    ignored while the cleanup runs, and after a signal every tool still running is stopped on the way
+    out (the operations stop their own; this is the safety net). Outside the main thread, where Python
+    takes no signals, it does nothing."""
     if threading.current_thread() is not threading.main_thread():
-        try:
-            yield
-        finally:
-            stop_all()
+        yield
         return
     fired: list[int] = []
 
@@ -431,7 +434,8 @@ def stop_signals(signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> It
         yield
     finally:
         try:
-            stop_all()
+            if fired:
+                stop_all()
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
