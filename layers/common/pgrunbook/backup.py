@@ -353,8 +353,8 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
     t0 = time.monotonic()
 
     lock_wait = settings.lock_wait_timeout if opts.lock_wait_timeout is None else opts.lock_wait_timeout
-    if lock_wait < 0:
-        raise UsageError("--lock-wait-timeout must be 0 (wait forever) or more seconds")
+    if not 0 <= lock_wait < 10**7:  # also refuses nan and inf
+        raise UsageError(f"--lock-wait-timeout must be 0 (wait forever) or a number of seconds, not {lock_wait!r}")
     tag = lockwait.new_tag()  # application_name of every session of this backup (see lockwait)
     conn = catalog.connect(url, autocommit=True, application=tag)
     try:
