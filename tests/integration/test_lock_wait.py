@@ -164,3 +164,12 @@ def test_any_table_name_is_named_on_one_line(seed: int, fresh_db: str, tmp_path:
     assert f"lock on table public.{ident(names[-1])} " in message, message
     assert f"pid {locker.pid} " in message
     assert_no_backup_session_left(fresh_db)
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_a_bad_lock_wait_timeout_is_a_usage_error(value: str, tmp_path: Path) -> None:
+    proc = subprocess.run(pgrunbook("backup", "--database-url", "postgresql://u@127.0.0.1:9/db", "--to", str(tmp_path),
+                                    f"--lock-wait-timeout={value}"), env=cli_env(), capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr
+    assert "--lock-wait-timeout must be 0 (wait forever) or a number of seconds" in one_error_line(proc.stderr)
