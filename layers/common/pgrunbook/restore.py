@@ -4,13 +4,15 @@ Order of work (nothing reaches the target before every guard passed):
 
 1. `--force` given.
 2. The target: reachable, neither `$DATABASE_URL`'s database nor the backup's source (one check,
-   `catalog.same_database`: what the servers say about themselves, never host spellings), EMPTY
-   (no table, view, sequence, function, type or large object in a non-system schema), server
-   major >= the source's, every extension the archive uses available (all missing ones reported at
-   once) and creatable by the restoring role, every role the archive's objects belong to present
-   (or `--no-owner`), and - unless `--no-owner` or a superuser restores - every owner role one that the
-   restoring role can become and that may create in its objects' schemas (pg_restore gives each
-   object to its owner as it goes, and grants schema privileges only at its end).
+   `catalog.same_database`: what the servers say about themselves, never host spellings), without a
+   pgrunbook restore mark (an earlier restore failed, was interrupted or killed: TargetMarked, drop
+   and recreate the database), EMPTY (no table, view, sequence, function, type or large object in a
+   non-system schema), server major >= the source's, every extension the archive uses available (all
+   missing ones reported at once) and creatable by the restoring role, every role the archive's
+   objects belong to present (or `--no-owner`), and - unless `--no-owner` or a superuser restores -
+   every owner role one that the restoring role can become and that may create in its objects'
+   schemas (pg_restore gives each object to its owner as it goes, and grants schema privileges only
+   at its end).
 3. The archive: fetched once into a work folder (S3 streamed, hashed while downloading; a
    local file is hashed in place; a `.dump.tar` is extracted while hashing), its sha256 equal to
    `<archive>.sha256` and to the manifest, its table of contents read by `pg_restore --list`
@@ -22,6 +24,11 @@ Order of work (nothing reaches the target before every guard passed):
    `psql -v ON_ERROR_STOP=1 --single-transaction` for the runbook's .sql/.sql.gz), and ANALYZE
    runs. On success the mark is removed; on failure it becomes `pgrunbook: restore FAILED: ...`
    (and stays `in progress` if the process was killed): `verify` fails on either mark.
+
+Interruption: pg_restore/psql are spawned through pgtools, so on any exception (SIGTERM/SIGINT
+arrive as `Interrupted`) they and their workers are stopped before the mark becomes
+`... FAILED (...): interrupted by SIGTERM`; the work folder is removed on the way out, and by
+pgtools' guardian process should pgrunbook be killed.
 """
 
 from __future__ import annotations
