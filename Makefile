@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile scripts/setup-system.sh
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/pgrunbook demo
+	$(BIN)/pgrunbook demo $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/pytest

@@ -48,7 +48,7 @@ from .store import LocalStore, ObjectWriter, Store, encode_segment, open_store
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
-PROGRESS_EVERY = 5.0  # seconds between progress lines
+PROGRESS_EVERY = 5.0  # seconds between progress lines ($PGRUNBOOK_PROGRESS_SECONDS: the demo's byte counter)
 
 
 @dataclass(frozen=True)
@@ -200,6 +200,7 @@ class _HashingSink:
         self.digest = hashlib.sha256()
         self.bytes = 0
         self._last = time.monotonic()
+        self._every = float(os.environ.get("PGRUNBOOK_PROGRESS_SECONDS") or PROGRESS_EVERY)
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") if parallel_hash else None
         self._pending: Future[None] | None = None
 
@@ -213,7 +214,7 @@ class _HashingSink:
         self.writer.write(data)
         self.bytes += len(data)
         now = time.monotonic()
-        if now - self._last >= PROGRESS_EVERY:
+        if now - self._last >= self._every:
             self._last = now
             log.info("backup in progress", extra={"archive": self.label, "bytes_written": self.bytes})
         return len(data)
