@@ -796,3 +796,23 @@ def test_retire_drops_only_a_marked_database_after_its_date(dbs: Databases,
     assert dbs.exists(dbs.new)
 
 
+
+
+def test_an_interrupt_after_the_switch_rolls_back(stage: Stage) -> None:
+    """Ctrl-C (SIGINT) during the proof: the cutover is not left half-done; the CLI rolls back, exit 130."""
+    old_version, _ = secret_value(stage.secret)
+    proc: list[subprocess.Popen[str]] = []
+
+    def interrupt(n: int) -> None:
+        if n == 1:  # the app now reads the candidate; the CLI is waiting for its proof
+            proc[0].send_signal(signal.SIGINT)
+
+    stage.start_agent(on_roll=interrupt)
+    exe = Path(sys.executable).parent / "pgrunbook"
+    args = stage.args("--soak", "30")
+    proc.append(subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=cli_env(), stdin=subprocess.DEVNULL))
+    _, err = proc[0].communicate(timeout=60)
+    assert proc[0].returncode == 130, err
+    assert "interrupted" in err.splitlines()[-1] and "Traceback" not in err
+    assert_back_on_old(stage, old_version)

@@ -290,7 +290,11 @@ def run_cutover(opts: CutoverOptions) -> CutoverReport:
         except PgrunbookError as exc:
             raise fail(CutoverRefused(f"freeze failed: {exc}")) from None
         report.freeze = freeze.to_dict()
-        frozen = window_against_candidate(old, new)
+        try:
+            frozen = window_against_candidate(old, new)
+        except BaseException:  # an error or an interrupt before the switch: writable again
+            dbstate.unfreeze(old, freeze)
+            raise
         if frozen.differences:
             dbstate.unfreeze(old, freeze)
             report.freeze.update(lifted=True, frozen_seconds=round(freeze.frozen_seconds(), 1))
@@ -300,16 +304,20 @@ def run_cutover(opts: CutoverOptions) -> CutoverReport:
         report.window = [*report.window, "after the freeze: candidate counts equal the frozen source's"]
 
     # 3. switch
-    counts_at_switch = live_counts(old)
-    switched_at = datetime.now(UTC)
     try:
+        counts_at_switch = live_counts(old)
+        switched_at = datetime.now(UTC)
         switch: Switch = slot.switch(opts.new_url, opts.token)
-    except CutoverError as exc:
+    except BaseException as exc:  # not switched (denied, unreachable, interrupted): writable again
         if freeze is not None:
             dbstate.unfreeze(old, freeze)
             report.freeze = {**(report.freeze or {}), "lifted": True,
                              "frozen_seconds": round(freeze.frozen_seconds(), 1)}
-        raise fail(exc) from None
+        if isinstance(exc, CutoverError):
+            raise fail(exc) from None
+        if isinstance(exc, PgrunbookError):
+            raise fail(CutoverRefused(str(exc))) from None
+        raise
     report.switch = switch.to_dict()
     log.info("secret switched", extra={"secret": slot.label(), "version": switch.new_version_id})
 
@@ -333,6 +341,12 @@ def run_cutover(opts: CutoverOptions) -> CutoverReport:
         report.roll = f"FAILED: {exc}"
     except PgrunbookError as exc:
         reason = f"post-cutover check failed: {exc}"
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM after the switch: never leave it half-done
+        report.reason = f"interrupted ({exc or 'SIGINT'}) after the switch"
+        report.rollback = roll_back(slot, roller, reason=report.reason, written_version=switch.new_version_id,
+                                    previous_version=switch.previous_version_id or previous_version,
+                                    ready=opts.proof, old=old, freeze=freeze)
+        raise
     if reason is not None:
         report.reason = reason
         report.rollback = roll_back(slot, roller, reason=reason, written_version=switch.new_version_id,

@@ -426,7 +426,8 @@ def do_rollback(ctx: Context) -> dict[str, Any]:
                              ready=ctx.proof_options(), old=ctx.source, freeze=_freeze_of(ctx))
     if rep.freeze:
         rep.freeze["lifted"] = rep.rollback.source.startswith("freeze lifted")
-    rep.finish(ROLLED_BACK if rep.rollback.ok else ROLLBACK_FAILED, t0)
+    switched = rep.rollback.restored_version_id is not None or not rep.rollback.ok
+    rep.finish(ROLLBACK_FAILED if not rep.rollback.ok else ROLLED_BACK if switched else REFUSED, t0)
     return rep.to_dict()
 
 
