@@ -22,7 +22,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     ev = BackupEvent.parse(event)
     try:
         result = operations.backup(ev, Settings.from_env())
-    except Exception:
+    except BaseException:  # also Interrupted (SIGTERM, the deadline watchdog): a KeyboardInterrupt
         emit_metrics(tools.metrics, ev.database, {"BackupFailed": (1, "Count")})
         raise
     emit_metrics(tools.metrics, ev.database, {"BackupSucceeded": (1, "Count"), "BackupBytes": (result.bytes, "Bytes"),
