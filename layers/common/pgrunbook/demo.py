@@ -359,6 +359,7 @@ class DemoStack:
         from .sampleapp import SampleApp
 
         workdir = self.cfg.workdir
+        prepare_workdir(workdir)
         self.log = FunctionLog(workdir / "demo.log")
         self._stack.callback(self.log.close)
 
@@ -492,7 +493,7 @@ class DemoStack:
                 seen_events = len(run.history)
                 bars.update()
                 if on_approval is not None:
-                    for facts in self._approval_requests(run.arn):
+                    for facts in self.approval_requests(run.arn):
                         if facts["approval_id"] not in asked:
                             asked.add(facts["approval_id"])
                             on_approval(Approval(facts))
@@ -543,7 +544,7 @@ class DemoStack:
             self.say(f"   {run.name:<8} {event['type']}: {details.get('error', '')} "
                      f"{_one_line(details.get('cause'))}".rstrip())
 
-    def _approval_requests(self, arn: str) -> list[dict[str, Any]]:
+    def approval_requests(self, arn: str) -> list[dict[str, Any]]:
         from .approval.service import ATTRIBUTE
 
         found = []
@@ -720,7 +721,6 @@ def run_demo(cfg: DemoConfig, *, approve: str = "auto", narrator: Narrator | Non
 
     say_ = narrator or Narrator()
     say = say_.say
-    prepare_workdir(cfg.workdir)
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     say("pgrunbook demo: the runbook, run by the real state machines on this machine")
     say(f"          {', '.join(MACHINE_FILES.values())} from template.yaml, in local Step Functions (moto) with "
