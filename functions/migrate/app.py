@@ -1,10 +1,12 @@
-"""Migrate function: one step of the Migrate state machine -> pgrunbook.migrations.service.
+"""Migrate function: one step of the Migrate state machine -> pgrunbook.migrations.service.handle, which
+runs the step functions of pgrunbook.migrations.pipeline (the same as `pgrunbook migrate`).
 
 Event: {"action": "plan"|"lint"|"backup"|"apply"|"status", "database": "app",
         "migrations": "s3://bucket/_releases/<version>/migrations/", "app_version": "1.2.3",
         "lint": "strict"|"warn"|"off", "lock_timeout": "5s", "statement_timeout": "30min"}
-Failures raise (errorType = the exception's class: NotManaged, FailedMigrationsPresent, LockBusy,
-MigrationFailed, ...) so the state machine's Catch names them in the notification.
+Failures raise (errorType = the exception's class, from pgrunbook.errors: NotManaged, FailedMigrationsPresent,
+LockBusy, MigrationFailed, LockTimeout, ...) so the state machine's Retry/Catch route on them and name
+them in the notification.
 {"action": "describe-error", "error": {"Error", "Cause"}} returns the error as {"Error", "Cause": one
 line} for that notification (the same description as the report function's).
 Metrics (dimension Database): MigrationsPending, MigrationLintErrors, PreMigrationBackupSeconds,
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pgrunbook.events import MigrateEvent
 from pgrunbook.lambda_support import database_config, database_url, described_error, emit_metrics, powertools
-from pgrunbook.migrations.service import MigrateEvent, handle
+from pgrunbook.migrations.service import handle
 from pgrunbook.settings import Settings
 
 tools = powertools()

@@ -573,7 +573,7 @@ def test_migrator_killed_mid_migration_releases_the_lock(fresh_db: str, tmp_path
 
 
 def test_migrate_event_parsing() -> None:
-    from pgrunbook.migrations.service import EventError, MigrateEvent
+    from pgrunbook.events import EventError, MigrateEvent
 
     ev = MigrateEvent.parse({"action": "plan", "input": {"database": "app", "migrations": "s3://b/_releases/1/m/",
                                                          "app_version": "1.2.3", "lint": "warn"}})

@@ -6,6 +6,11 @@ The report's timings are the measured recovery time: download (fetch + checksum 
 A drill never raises for a failed step: the report says what failed (`verified` False, `error`).
 Only a usage error and an interruption (SIGTERM/SIGINT: `Interrupted`) propagate, both after the
 provisioned target was torn down (unless --keep); the restore inside has then stopped its pg tools.
+
+`provisioned_target()` is the one way a restore target is held for a while and let go (the drill's,
+and the migrations rehearsal's): created on entering the block, destroyed on leaving it whatever
+ends it (unless kept); a failed teardown is logged and recorded, never raised over the block's own
+outcome.
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from .archive import ArchiveRef
 from .catalog_list import latest_backup
 from .dburl import mask_secrets
-from .errors import Interrupted, PgrunbookError, UsageError
+from .errors import BackupNotFound, Interrupted, PgrunbookError, UsageError
 from .provision import ProvisionedTarget, Provisioner, get_provisioner
 from .restore import RestoreOptions, RestoreResult, run_restore
 from .settings import Settings
@@ -113,12 +119,58 @@ def _choose_backup(opts: DrillOptions, settings: Settings) -> str:
         return opts.backup
     entry = latest_backup(opts.dest or settings.backup_dest, database=opts.database)
     if entry is None:
-        raise PgrunbookError(f"no backup found in {opts.dest or settings.backup_dest}")
+        raise BackupNotFound(f"no backup found in {opts.dest or settings.backup_dest}")
     return entry.archive
 
 
 def default_provisioner_kind(opts: DrillOptions) -> str:
     return opts.provisioner or ("database" if opts.server_url else "local-instance")
+
+
+class TargetLease:
+    """A provisioned target held for a `with` block (see `provisioned_target`)."""
+
+    def __init__(self, provisioner: Provisioner, name: str, roles: list[str] | None = None, *, keep: bool = False,
+                 what: str = "target") -> None:
+        self.provisioner, self.name, self.roles, self.keep, self.what = provisioner, name, roles or [], keep, what
+        self.target: ProvisionedTarget | None = None
+        self.provision_seconds = 0.0
+        self.teardown_seconds: float | None = None  # set once the target was destroyed (or its removal failed)
+        self.teardown_error: str | None = None
+        self.kept = False
+
+    def __enter__(self) -> ProvisionedTarget:
+        t = time.monotonic()
+        self.target = self.provisioner.create(self.name, self.roles)
+        self.provision_seconds = time.monotonic() - t
+        return self.target
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Destroy the target (once), or mark it kept; a failure to destroy is recorded, not raised."""
+        if self.target is None or self.kept or self.teardown_seconds is not None:
+            return
+        if self.keep:
+            self.kept = True
+            return
+        t = time.monotonic()
+        try:
+            self.provisioner.destroy(self.target)
+        except Exception as exc:
+            self.teardown_error = f"could not remove the {self.what} {self.target.name}: {mask_secrets(str(exc))}"
+            log.warning(self.teardown_error)
+        self.teardown_seconds = time.monotonic() - t
+
+
+def provisioned_target(provisioner: Provisioner, name: str, roles: list[str] | None = None, *, keep: bool = False,
+                       what: str = "target") -> TargetLease:
+    """`with provisioned_target(p, name, roles) as target:` a fresh target for the block, torn down when the
+    block ends however it ends (an error, SIGTERM/SIGINT), unless `keep`. The lease records the provisioning
+    and teardown times, whether it was kept and a teardown failure (`teardown_error`)."""
+    return TargetLease(provisioner, name, roles, keep=keep, what=what)
 
 
 def run_drill(opts: DrillOptions, settings: Settings | None = None,
@@ -132,7 +184,7 @@ def run_drill(opts: DrillOptions, settings: Settings | None = None,
         provisioner = get_provisioner(kind, server_url=opts.server_url,
                                       work_dir=Path(opts.work_dir) if opts.work_dir else None,
                                       settings=settings)
-    target: ProvisionedTarget | None = None
+    lease: TargetLease | None = None
     try:
         report.backup = _choose_backup(opts, settings)
         manifest = ArchiveRef.from_uri(report.backup).manifest()
@@ -142,71 +194,72 @@ def run_drill(opts: DrillOptions, settings: Settings | None = None,
             report.database_bytes = int(manifest.source.get("database_size_bytes") or 0)
         log.info("drill started", extra={"backup": report.backup, "provisioner": kind})
 
-        t = time.monotonic()
-        target = provisioner.create(dbname, roles)
-        report.timings["provision"] = time.monotonic() - t
-        report.target = target.to_dict()
-
-        fresh_instance = kind != "database"
-        # a fresh instance got the backup's roles; on a shared server, where roles lack, restore without
-        # ownership and grants (the report says which roles were missing)
-        restore = run_restore(RestoreOptions(file=report.backup, target_url=target.url, force=True, jobs=opts.jobs,
-                                             skip_missing_roles=True, analyze=not fresh_instance,
-                                             work_dir=opts.work_dir), settings)
-        report.restore = restore
-        report.archive_bytes = restore.bytes
-        report.timings["download"] = restore.download_seconds
-        report.timings["restore"] = restore.restore_seconds
-        t = time.monotonic()
-        provisioner.prepare_for_verify(target)
-        report.timings["analyze"] = restore.analyze_seconds + (time.monotonic() - t)
-
-        t = time.monotonic()
-        report.verify = run_verify(VerifyOptions(database_url=target.url, manifest=report.backup,
-                                                 manifest_data=manifest, app_url=opts.app_url, checks=opts.checks),
-                                   settings)
-        report.timings["verify"] = time.monotonic() - t
-        if not report.verify.ok:
-            report.error = "verification failed: " + "; ".join(
-                f"{c.name}: expected {c.expected}, actual {c.actual}" for c in report.verify.failures[:5])
+        lease = provisioned_target(provisioner, dbname, roles, keep=opts.keep, what="drill target")
+        with lease as target:
+            report.timings["provision"] = lease.provision_seconds
+            report.target = target.to_dict()
+            _restore_and_verify(opts, settings, report, provisioner, target, manifest=manifest,
+                                fresh_instance=kind != "database")
     except UsageError:
-        _teardown(provisioner, target, report, opts.keep)
+        _settle(report, lease)
         raise
     except PgrunbookError as exc:
         report.error = str(exc)
     except Exception as exc:  # a drill reports; it does not crash the monthly schedule
         log.exception("drill failed unexpectedly")
         report.error = f"{type(exc).__name__}: {mask_secrets(str(exc))}"
-    except BaseException as exc:  # interrupted (SIGTERM, SIGINT, a deadline): still remove what was provisioned
-        _teardown(provisioner, target, report, opts.keep)
+    except BaseException as exc:  # interrupted (SIGTERM, SIGINT, a deadline): what was provisioned is gone
+        _settle(report, lease)
+        held = lease.target if lease is not None else None
         if isinstance(exc, Interrupted):
-            where = "" if target is None else (
-                f"; its target {target.name} was kept (marked FAILED)" if report.kept else
-                f"; its target {target.name} was removed" if "teardown" in report.timings and not report.error else
+            where = "" if held is None else (
+                f"; its target {held.name} was kept (marked FAILED)" if report.kept else
+                f"; its target {held.name} was removed" if "teardown" in report.timings and not report.error else
                 f"; {report.error}" if report.error else "")
             exc.detail = f"the drill stopped before it finished{where}"
         raise
-    _teardown(provisioner, target, report, opts.keep)
+    _settle(report, lease)
     report.timings["total"] = time.monotonic() - t_all
     log.info("drill finished", extra={"verified": report.verified, "seconds": round(report.timings["total"], 2)})
     return report
 
 
-def _teardown(provisioner: Provisioner, target: ProvisionedTarget | None, report: DrillReport, keep: bool) -> None:
-    if target is None or "teardown" in report.timings or report.kept:
-        return
-    if keep:
-        report.kept = True
-        return
+def _restore_and_verify(opts: DrillOptions, settings: Settings, report: DrillReport, provisioner: Provisioner,
+                        target: ProvisionedTarget, *, manifest: Any, fresh_instance: bool) -> None:
+    # a fresh instance got the backup's roles; on a shared server, where roles lack, restore without
+    # ownership and grants (the report says which roles were missing)
+    assert report.backup is not None
+    restore = run_restore(RestoreOptions(file=report.backup, target_url=target.url, force=True, jobs=opts.jobs,
+                                         skip_missing_roles=True, analyze=not fresh_instance,
+                                         work_dir=opts.work_dir), settings)
+    report.restore = restore
+    report.archive_bytes = restore.bytes
+    report.timings["download"] = restore.download_seconds
+    report.timings["restore"] = restore.restore_seconds
     t = time.monotonic()
-    try:
-        provisioner.destroy(target)
-    except Exception as exc:
-        msg = f"could not remove the drill target {target.name}: {mask_secrets(str(exc))}"
-        log.warning(msg)
-        report.error = report.error or msg
-    report.timings["teardown"] = time.monotonic() - t
+    provisioner.prepare_for_verify(target)
+    report.timings["analyze"] = restore.analyze_seconds + (time.monotonic() - t)
 
+    t = time.monotonic()
+    report.verify = run_verify(VerifyOptions(database_url=target.url, manifest=report.backup,
+                                             manifest_data=manifest, app_url=opts.app_url, checks=opts.checks),
+                               settings)
+    report.timings["verify"] = time.monotonic() - t
+    if not report.verify.ok:
+        report.error = "verification failed: " + "; ".join(
+            f"{c.name}: expected {c.expected}, actual {c.actual}" for c in report.verify.failures[:5])
+
+
+def _settle(report: DrillReport, lease: TargetLease | None) -> None:
+    """What the lease did at the end of the block, into the report (a teardown failure is the error
+    only when nothing else failed)."""
+    if lease is None:
+        return
+    lease.release()
+    report.kept = lease.kept
+    if lease.teardown_seconds is not None:
+        report.timings["teardown"] = lease.teardown_seconds
+    report.error = report.error or lease.teardown_error
 
 
 def local_drill(backup: str, work_dir: Path, settings: Settings | None = None) -> DrillReport:

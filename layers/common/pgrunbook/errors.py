@@ -6,6 +6,12 @@ contract (1 = the operation failed, 2 = usage error).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .migrations.files import Statement
+    from .migrations.pipeline import MigrateReport
+
 
 class PgrunbookError(Exception):
     """An operation failed; the message is shown to the operator as is."""
@@ -120,3 +126,149 @@ class RolledBack(CutoverError):
 
 class RetireRefused(PgrunbookError):
     """`pgrunbook retire` refused to drop the database (not marked, too early, wrong name, still in use)."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# The names a state machine routes on. Every raise in the package uses the most specific class below (or
+# above), never the bare PgrunbookError: Lambda reports the class name as errorType, and Step Functions'
+# Retry/Catch match that name exactly (tests/unit/test_errors.py keeps it so).
+
+# -- events, configuration, AWS
+class EventError(UsageError):
+    """The event given to a handler (or a state machine's input) is missing a field or has a wrong one."""
+
+
+class UnknownDatabase(UsageError):
+    """A state machine input named a database the stack is not configured for."""
+
+
+class ConfigError(PgrunbookError):
+    """The stack's configuration (environment of the function) is invalid."""
+
+
+class TransientError(PgrunbookError):
+    """Worth retrying (throttling, a network blip to an AWS API). State machines retry this name."""
+
+
+class AwsCallFailed(PgrunbookError):
+    """An AWS API refused a call (access denied, no such resource, invalid request): the message names the
+    service, the call and AWS's error code. Not retried (TransientError is what is worth retrying)."""
+
+
+class DeadlineExceeded(PgrunbookError):
+    """The function stopped itself shortly before its Lambda time limit, after stopping its pg tools
+    and removing partial output (a restore target is marked FAILED)."""
+
+
+class TaskResultMissing(PgrunbookError):
+    """The Fargate task wrote no result (killed, or out of memory)."""
+
+
+# -- backups, archives, manifests
+class NoBackup(UsageError):
+    """`latest` was asked for in a state machine's input but the database has no backup yet."""
+
+
+class BackupNotFound(PgrunbookError):
+    """No backup to restore where one was looked for (a drill's or a rehearsal's latest backup)."""
+
+
+class OutputExists(PgrunbookError):
+    """The output file named on the command line exists: it is never overwritten without --overwrite."""
+
+
+class BackupFailed(PgrunbookError):
+    """The backup could not be written as a sound archive (its dump changed while it was archived)."""
+
+
+class ArchiveCorrupt(PgrunbookError):
+    """The archive does not read (not a tar, a truncated or corrupt gzip stream, no pg_dump header or
+    trailer, pg_restore cannot list it, no data for tables its manifest lists): it is damaged or not a
+    backup. Nothing was restored from it; a retry reads the same bytes."""
+
+
+class ManifestMissing(PgrunbookError):
+    """The archive's .manifest.json is missing (the backup did not finish, or the URI is not a backup)."""
+
+
+class ManifestInvalid(PgrunbookError):
+    """A manifest (or .sha256 file) does not read: not JSON, an unknown version, not the schema."""
+
+
+class NotEnoughSpace(PgrunbookError):
+    """The work folder has too little free space for the archive."""
+
+
+# -- restore targets
+class TargetNotEmpty(TargetRefused):
+    """The restore target holds objects (or stopped being empty before the restore began)."""
+
+
+class TargetMarked(TargetRefused):
+    """The target carries the mark of an earlier restore that failed, was interrupted or killed: it may
+    hold part of an archive, so nothing is restored into it until it is dropped and recreated."""
+
+
+class RestoreFailed(PgrunbookError):
+    """pg_restore/psql failed part-way: the target is marked failed and must not be used."""
+
+
+class TargetDeleting(TransientError):
+    """The target's deletion is under way (an RDS instance takes minutes): the state machine retries
+    `delete` until the target is gone, so a teardown never reports done before it is."""
+
+
+class ProvisionFailed(PgrunbookError):
+    """A restore target could not be created, found or deleted (RDS refused, or the instance vanished)."""
+
+
+# -- migrations
+class NotManaged(PgrunbookError):
+    """Tables but no _prisma_migrations (Prisma's P3005)."""
+
+
+class FailedMigrationsPresent(PgrunbookError):
+    """A failed migration blocks deploys until resolved (Prisma's P3009)."""
+
+
+class MigrationFailed(PgrunbookError):
+    """A migration script failed (Prisma's P3018). `migration` names it, `statement` is the failing one."""
+
+    def __init__(self, message: str, migration: str, statement: Statement | None) -> None:
+        super().__init__(message)
+        self.migration = migration
+        self.statement = statement
+
+
+class LockBusy(PgrunbookError):
+    """Another migrator holds the migration lock."""
+
+
+class ResolveRefused(PgrunbookError):
+    """`migrate resolve` refused (Prisma's P3008 already applied, P3011 never applied, P3012 not failed)."""
+
+
+class LintBlocked(PgrunbookError):
+    """The lint gate (strict) blocked the pending migrations: nothing was backed up or applied.
+    `report` is the migrate report (what was found)."""
+
+    def __init__(self, message: str, report: MigrateReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class RehearsalFailed(PgrunbookError):
+    """The rehearsal on a restored copy failed: production was not touched. `report` is the migrate report."""
+
+    def __init__(self, message: str, report: MigrateReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+# -- the local runner and the demo
+class LocalRunnerError(PgrunbookError):
+    """The local runner (moto) cannot run the application as written (template, versions, a timeout)."""
+
+
+class DemoFailed(PgrunbookError):
+    """A demo step did not end as the runbook says it must."""

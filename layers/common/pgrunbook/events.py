@@ -4,6 +4,8 @@ Each model is a frozen dataclass with `parse(event)`: a missing or mistyped fiel
 EventError (a UsageError) naming the field, so a state machine fed a bad input fails at its
 first step with a readable message. Nothing here touches AWS.
 
+EventError lives in errors.py (one class for every handler, the Migrate function's included).
+
 Secrets never travel in events: a database is named (configured in PGRUNBOOK_DATABASES) and a
 provisioned target is described by a TargetRef whose credentials live in Secrets Manager.
 """
@@ -14,7 +16,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from .errors import UsageError
+from .errors import EventError as EventError  # re-exported: handlers import it from here
+from .migrations.lint import LINT_MODES
+from .migrations.lock import DEFAULT_WAIT_SECONDS
+from .migrations.runner import DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT, ApplyOptions
 from .settings import KINDS
 
 MODES = ("drill", "cutover")
@@ -23,10 +28,6 @@ PROVISION_ACTIONS = ("create", "status", "delete")
 RUNNERS = ("lambda", "ecs")
 
 T = TypeVar("T")
-
-
-class EventError(UsageError):
-    """The event given to a handler is missing a field or has a wrong one."""
 
 
 def _get(data: Mapping[str, Any], name: str, typ: type[T], what: str, *, default: Any = ...,
@@ -226,3 +227,61 @@ class ReportEvent:
         d = _mapping(event, "report event")
         action = _get(d, "action", str, "report event", choices=cls.ACTIONS)
         return cls(action=action, data={k: v for k, v in d.items() if k != "action"})
+
+
+MIGRATE_ACTIONS = ("plan", "lint", "backup", "apply", "status")
+
+
+@dataclass(frozen=True)
+class MigrateEvent:
+    """One step of the Migrate state machine: {"action": ..., "input": <the execution's input>} (the
+    machine's shape) or the same fields flat. The input: {"database", "migrations" (folder or s3://
+    prefix), "app_version", "lint", "lock_timeout", "statement_timeout", "wait_for_lock", "skip_backup",
+    "reason"}; skip_backup needs a reason."""
+
+    action: str
+    database: str
+    migrations: str
+    app_version: str | None = None
+    lint: str = "strict"
+    lock_timeout: str = DEFAULT_LOCK_TIMEOUT
+    statement_timeout: str = DEFAULT_STATEMENT_TIMEOUT
+    wait_for_lock: float = DEFAULT_WAIT_SECONDS
+    skip_backup: bool = False
+    reason: str | None = None
+
+    def apply_options(self) -> ApplyOptions:
+        """The Apply step's options: the event's timeouts, the migrator's defaults for the rest."""
+        return ApplyOptions(lock_timeout=self.lock_timeout, statement_timeout=self.statement_timeout,
+                            wait_for_lock=self.wait_for_lock)
+
+    @classmethod
+    def parse(cls, event: Any) -> MigrateEvent:
+        what = "migrate event"
+        d = _mapping(event, what)
+        if isinstance(d.get("input"), Mapping):  # the state machine passes {"action": ..., "input": <its input>}
+            d = {**d["input"], "action": d.get("action")}
+        if any(d.get(name) is None for name in ("action", "database", "migrations")):
+            raise EventError(f"{what}: 'action', 'database' and 'migrations' are required")
+
+        def text(name: str, default: str | None = None, choices: tuple[str, ...] | None = None) -> str | None:
+            value = _get(d, name, str, what, default=default, choices=choices)
+            if value is not None and not value:
+                raise EventError(f"{what}: field '{name}' must be a non-empty string")
+            return value
+
+        wait = d.get("wait_for_lock", DEFAULT_WAIT_SECONDS)
+        if not isinstance(wait, int | float) or isinstance(wait, bool):
+            raise EventError(f"{what}: field 'wait_for_lock' must be a number of seconds")
+        skip = d.get("skip_backup", False)
+        if not isinstance(skip, bool):
+            raise EventError(f"{what}: field 'skip_backup' must be true or false")
+        reason = text("reason")
+        if skip and not reason:
+            raise EventError(f"{what}: 'skip_backup' needs a 'reason' (it is recorded in the execution)")
+        return cls(action=str(text("action", choices=MIGRATE_ACTIONS)), database=str(text("database")),
+                   migrations=str(text("migrations")), app_version=text("app_version"), skip_backup=skip,
+                   reason=reason, lint=text("lint", "strict", LINT_MODES) or "strict",
+                   lock_timeout=text("lock_timeout", DEFAULT_LOCK_TIMEOUT) or DEFAULT_LOCK_TIMEOUT,
+                   statement_timeout=text("statement_timeout", DEFAULT_STATEMENT_TIMEOUT) or DEFAULT_STATEMENT_TIMEOUT,
+                   wait_for_lock=float(wait))

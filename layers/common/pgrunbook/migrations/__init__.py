@@ -9,23 +9,17 @@ Public API:
 - deploy(url, migrations, dir, ApplyOptions) -> DeployResult
 - resolve(url, migrations, applied=NAME | rolled_back=NAME) -> ResolveResult
 - lint_migrations(migrations, mode) -> LintReport
-- pipeline.run_migrate(MigrateOptions) -> MigrateReport (pre-flight, backup, lint, lock, apply, status)
+- pipeline.run_migrate(MigrateOptions) -> MigrateReport (pre-flight, backup, lint, lock, apply, status), and its
+  steps (check_history, lint_gate, pre_migration_backup, apply_pending, final_status) that service.handle
+  (the Migrate state machine) runs one per invocation
+- the errors (NotManaged, FailedMigrationsPresent, MigrationFailed, LockBusy, ...) live in pgrunbook.errors
 """
 
+from ..errors import FailedMigrationsPresent, LockBusy, MigrationFailed, NotManaged
 from .files import Migration, checksum, checksum_matches, read_migrations, split_statements
 from .lint import LintReport, lint_migrations
-from .lock import LOCK_KEY, LockBusy
-from .runner import (
-    ApplyOptions,
-    DeployResult,
-    FailedMigrationsPresent,
-    MigrationFailed,
-    NotManaged,
-    ResolveResult,
-    deploy,
-    read_status,
-    resolve,
-)
+from .lock import LOCK_KEY
+from .runner import ApplyOptions, DeployResult, ResolveResult, deploy, read_status, resolve
 from .status import StatusReport
 
 __all__ = [

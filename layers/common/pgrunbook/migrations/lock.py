@@ -21,17 +21,13 @@ from typing import Any
 
 import psycopg
 
-from ..errors import PgrunbookError
+from ..errors import LockBusy
 
 log = logging.getLogger(__name__)
 
 LOCK_KEY = 72707369  # Prisma Migrate's advisory lock key
 DEFAULT_WAIT_SECONDS = 10.0  # Prisma waits 10 s (P1002)
 DEFAULT_STALE_SECONDS = 300.0
-
-
-class LockBusy(PgrunbookError):
-    """Another migrator holds the migration lock."""
 
 
 @dataclass(frozen=True)

@@ -1,39 +1,64 @@
-"""`pgrunbook migrate`: the runbook's "Deploying migrations safely" as one command.
+"""The runbook's "Deploying migrations safely": its steps, and `pgrunbook migrate` as one command over them.
 
-1. read the migrations folder and the database's history (refuse early: an unmanaged database
-   (P3005) or a failed migration (P3009) stops here, before any backup is taken);
-2. pre-flight: is the latest scheduled backup younger than 26 h? (reported, never silent);
-3. lint gate on the pending migrations (strict blocks before anything is touched);
-4. optional rehearsal on a restored copy (`--rehearse` only rehearses; `--require-rehearsal`
-   rehearses and runs for real only when it passed);
-5. pre-migration backup (kind "pre-migration", app version in the manifest) unless
+The steps are the only implementation of the procedure; the CLI (`run_migrate`) calls them in one
+process, the Migrate state machine one per Lambda invocation (`service.handle`):
+
+1. `check_history`: read the database's history; refuse early — an unmanaged database (P3005, unless
+   baselining) or a failed migration (P3009) stops here, before any backup is taken — and say what is
+   pending;
+2. `preflight`: is the latest scheduled backup younger than 26 h? (reported, never silent);
+3. `lint_gate` on the pending migrations (strict blocks before anything is touched; `lint_summary` is
+   its one line);
+4. (CLI only) a rehearsal on a restored copy (`--rehearse` only rehearses; `--require-rehearsal`
+   rehearses and runs for real only when it passed), with the same ApplyOptions as the real run;
+5. `pre_migration_backup` (kind "pre-migration", app version in the manifest) unless
    `--skip-backup --reason TEXT`;
-6. lock + apply (runner.deploy), 7. status.
+6. `apply_pending` (Prisma's advisory lock, then runner.deploy), 7. `final_status`.
+
+Invariants: nothing is backed up, locked or applied before steps 1 and 3 passed; ApplyOptions are
+derived with dataclasses.replace (every field, including ones added later, reaches the rehearsal
+and the real run alike).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from ..dburl import DatabaseUrl
-from ..errors import PgrunbookError, UsageError
+from ..errors import (
+    FailedMigrationsPresent,
+    LintBlocked,
+    NotManaged,
+    PgrunbookError,
+    RehearsalFailed,
+    UsageError,
+)
 from ..settings import Settings
-from .files import read_migrations
+from . import history
+from .files import Migration, read_migrations
 from .lint import LintReport, lint_migrations
 from .rehearse import RehearsalReport, describe_failure, rehearse, require_backup
 from .runner import (
+    BASELINE_ALL,
     ApplyOptions,
     DeployResult,
-    FailedMigrationsPresent,
-    NotManaged,
-    _failed_message,
     deploy,
+    failed_message,
+    not_managed_message,
     open_connection,
+    read_status,
 )
 from .status import StatusReport, compute_status
+
+if TYPE_CHECKING:
+    from ..backup import BackupResult
+
+__all__ = ["LintBlocked", "MigrateOptions", "MigrateReport", "RehearsalFailed", "apply_options", "apply_pending",
+           "check_history", "final_status", "lint_gate", "lint_summary", "pre_migration_backup", "preflight",
+           "run_migrate"]
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +150,86 @@ def preflight(dest: str, database: str, settings: Settings) -> dict[str, Any]:
                         f"({latest.archive}): automated backups look unhealthy")}
 
 
+@dataclass
+class HistoryCheck:
+    """What step 1 found: the status before anything ran, the pending migrations, the server's major version."""
+
+    status: StatusReport
+    pending: list[Migration]
+    server_major: int
+
+
+def check_history(url: DatabaseUrl, migrations: list[Migration], migrations_dir: str, *,
+                  baseline: str | None = None, schema: str = history.DEFAULT_SCHEMA) -> HistoryCheck:
+    """Step 1: refuse an unmanaged database (P3005, unless `baseline`), a baseline on a managed one, a
+    failed migration (P3009); return what is pending."""
+    with open_connection(url) as conn:
+        status = compute_status(conn, migrations, database=url.display(), migrations_dir=migrations_dir,
+                                schema=schema)
+        server_major = conn.info.server_version // 10000
+    if not status.managed and status.schema_objects and baseline is None:
+        raise NotManaged(not_managed_message(status.schema_objects, schema, migrations))
+    if status.managed and baseline is not None:
+        raise UsageError("--baseline is for a database without _prisma_migrations; this one is already managed "
+                         "(use `pgrunbook migrate resolve --applied NAME` for a single migration)")
+    if status.failed:
+        raise FailedMigrationsPresent(failed_message(status.failed))
+    if status.managed:
+        pending_names = set(status.pending)
+        pending = [m for m in migrations if m.name in pending_names]
+    elif baseline == BASELINE_ALL:
+        pending = []
+    elif baseline is not None:
+        names = [m.name for m in migrations]
+        if baseline not in names:
+            raise UsageError(f"--baseline {baseline}: no such migration in {migrations_dir}")
+        pending = migrations[names.index(baseline) + 1:]
+    else:
+        pending = list(migrations)
+    return HistoryCheck(status=status, pending=pending, server_major=server_major)
+
+
+def lint_gate(pending: list[Migration], mode: str, server_major: int) -> LintReport:
+    """Step 3: the lint gate on the pending migrations (`.blocked` in strict mode on an error finding)."""
+    return lint_migrations(pending, mode, server_major=server_major)
+
+
+def lint_summary(report: LintReport) -> str:
+    """The gate's verdict in one line: the first blocking finding with its fix."""
+    if not report.errors:
+        return "no blocking finding"
+    first = report.errors[0]
+    return f"{first.migration}:{first.line} {first.rule}: {first.message}. Fix: {first.fix}"
+
+
+def pre_migration_backup(database_url: str | None, dest: str, *, app_version: str | None, settings: Settings,
+                         jobs: int | None = None) -> BackupResult:
+    """Step 5: a backup of kind pre-migration (the app version in its manifest)."""
+    from ..backup import BackupOptions, run_backup
+
+    return run_backup(BackupOptions(database_url=database_url, dest=dest, kind="pre-migration",
+                                    app_version=app_version, jobs=jobs), settings)
+
+
+def apply_options(opts: MigrateOptions) -> ApplyOptions:
+    """The options of the real run and of the rehearsal: the command's, with its --baseline."""
+    return replace(opts.apply, baseline=opts.baseline)
+
+
+def apply_pending(url: DatabaseUrl, migrations: list[Migration], migrations_dir: str,
+                  options: ApplyOptions) -> DeployResult:
+    """Step 6: take Prisma's advisory lock and apply what is pending (runner.deploy)."""
+    return deploy(url, migrations, migrations_dir, options)
+
+
+def final_status(url: DatabaseUrl, migrations: list[Migration], migrations_dir: str,
+                 schema: str = history.DEFAULT_SCHEMA) -> StatusReport:
+    """Step 7: the status with `migrate-status`'s semantics (up to date or not)."""
+    return read_status(url, migrations, migrations_dir, schema)
+
+
 def run_migrate(opts: MigrateOptions, settings: Settings | None = None) -> MigrateReport:
-    """The whole procedure; raises PgrunbookError on a failure (after logging what was done)."""
+    """The whole procedure; raises a PgrunbookError subclass on a failure (after logging what was done)."""
     settings = settings or Settings.from_env()
     t0 = time.monotonic()
     url = DatabaseUrl.parse(opts.database_url or settings.database_url, what="database URL (--database-url or "
@@ -138,51 +241,33 @@ def run_migrate(opts: MigrateOptions, settings: Settings | None = None) -> Migra
     migrations = read_migrations(opts.migrations_dir)
     dest = opts.backup_to or settings.backup_dest
     report = MigrateReport(database=url.display(), migrations_dir=opts.migrations_dir)
+    apply = apply_options(opts)
+
+    def done(outcome: str) -> MigrateReport:
+        report.outcome = outcome
+        report.seconds = time.monotonic() - t0
+        return report
 
     # 1. history first: cheap refusals before any backup or lock
-    with open_connection(url) as conn:
-        before = compute_status(conn, migrations, database=url.display(), migrations_dir=opts.migrations_dir,
-                                schema=opts.apply.schema)
-        server_major = conn.info.server_version // 10000
-    if not before.managed and before.schema_objects and opts.baseline is None:
-        raise NotManaged(f"the database is not empty ({', '.join(before.schema_objects)}) and has no "
-                         "_prisma_migrations table: it is not managed by migrations (Prisma's P3005). If it already "
-                         "has the migrations' schema, baseline it: `pgrunbook migrate --baseline` (all local "
-                         "migrations) or `--baseline NAME`")
-    if before.managed and opts.baseline is not None:
-        raise UsageError("--baseline is for a database without _prisma_migrations; this one is already managed "
-                         "(use `pgrunbook migrate resolve --applied NAME` for a single migration)")
-    if before.failed:
-        raise FailedMigrationsPresent(_failed_message(before.failed))
-    if not before.managed:
-        pending = [] if opts.baseline == "*" else list(migrations)
-        if opts.baseline not in (None, "*"):
-            names = [m.name for m in migrations]
-            if opts.baseline not in names:
-                raise UsageError(f"--baseline {opts.baseline}: no such migration in {opts.migrations_dir}")
-            pending = migrations[names.index(opts.baseline) + 1:]
-    else:
-        pending_names = set(before.pending)
-        pending = [m for m in migrations if m.name in pending_names]
-    report.pending = [m.name for m in pending]
+    checked = check_history(url, migrations, opts.migrations_dir, baseline=opts.baseline, schema=apply.schema)
+    before = checked.status
+    report.pending = [m.name for m in checked.pending]
 
     # 2. pre-flight
     report.preflight = preflight(dest, url.dbname, settings)
     if not report.preflight["ok"]:
         log.warning("pre-flight: " + report.preflight["message"])
 
-    if not pending and before.managed:
+    if not checked.pending and before.managed:
         report.status = before
-        report.outcome = "up-to-date"
-        report.seconds = time.monotonic() - t0
-        return report
+        return done("up-to-date")
 
     # 3. lint gate
-    report.lint = lint_migrations(pending, opts.lint, server_major=server_major)
+    report.lint = lint_gate(checked.pending, opts.lint, checked.server_major)
     if report.lint.blocked:
-        report.outcome = "blocked"
-        report.seconds = time.monotonic() - t0
-        raise LintBlocked(report)
+        done("blocked")
+        raise LintBlocked(f"lint gate (strict) blocked {len(report.lint.errors)} finding(s) in the pending "
+                          f"migrations; first: {lint_summary(report.lint)}", report)
 
     # 4. rehearsal
     if opts.rehearse or opts.require_rehearsal:
@@ -193,51 +278,23 @@ def run_migrate(opts: MigrateOptions, settings: Settings | None = None) -> Migra
             latest = latest_backup(dest, database=url.dbname, settings=settings)
             backup = require_backup(latest.archive if latest else None)
         report.rehearsal = rehearse(migrations, opts.migrations_dir, backup=backup, provisioner=opts.rehearse_on,
-                                    server_url=opts.rehearse_server, apply_options=opts.apply, settings=settings)
+                                    server_url=opts.rehearse_server, apply_options=apply, settings=settings)
         if not report.rehearsal.ok:
-            report.outcome = "rehearsal-failed"
-            report.seconds = time.monotonic() - t0
-            raise RehearsalFailed(report)
+            done("rehearsal-failed")
+            raise RehearsalFailed(describe_failure(report.rehearsal) + " (production was not touched)", report)
         if opts.rehearse:
-            report.outcome = "rehearsed"
             report.status = before
-            report.seconds = time.monotonic() - t0
-            return report
+            return done("rehearsed")
 
     # 5. pre-migration backup
     if opts.skip_backup:
         report.backup_skipped = (opts.reason or "").strip()
         log.warning("pre-migration backup skipped", extra={"reason": report.backup_skipped})
     else:
-        from ..backup import BackupOptions, run_backup
-
-        result = run_backup(BackupOptions(database_url=opts.database_url or settings.database_url, dest=dest,
-                                          kind="pre-migration", app_version=opts.app_version), settings)
-        report.backup = result.to_dict()
+        report.backup = pre_migration_backup(opts.database_url or settings.database_url, dest,
+                                             app_version=opts.app_version, settings=settings).to_dict()
 
     # 6. lock + apply, 7. status
-    apply = ApplyOptions(lock_timeout=opts.apply.lock_timeout, statement_timeout=opts.apply.statement_timeout,
-                         wait_for_lock=opts.apply.wait_for_lock, stale_lock_after=opts.apply.stale_lock_after,
-                         baseline=opts.baseline, schema=opts.apply.schema, observer=opts.apply.observer)
-    report.deploy = deploy(url, migrations, opts.migrations_dir, apply)
+    report.deploy = apply_pending(url, migrations, opts.migrations_dir, apply)
     report.status = report.deploy.status
-    report.outcome = "applied"
-    report.seconds = time.monotonic() - t0
-    return report
-
-
-class LintBlocked(PgrunbookError):
-    def __init__(self, report: MigrateReport) -> None:
-        assert report.lint is not None
-        errors = report.lint.errors
-        first = errors[0]
-        super().__init__(f"lint gate (strict) blocked {len(errors)} finding(s) in the pending migrations; first: "
-                         f"{first.migration}:{first.line} {first.rule}: {first.message}. Fix: {first.fix}")
-        self.report = report
-
-
-class RehearsalFailed(PgrunbookError):
-    def __init__(self, report: MigrateReport) -> None:
-        assert report.rehearsal is not None
-        super().__init__(describe_failure(report.rehearsal) + " (production was not touched)")
-        self.report = report
+    return done("applied")

@@ -6,6 +6,10 @@ Locks are observed two ways: inside each transactional migration, just before it
 migrator's own pg_locks rows (every lock it took is held until commit, so this list is
 complete); and a sampler on a second connection that polls pg_locks for the migrator's pid
 every 20 ms (catches statement-level locks of CONCURRENTLY migrations and how long they lasted).
+
+The target is held with drill.provisioned_target (always torn down, also on SIGTERM/SIGINT); the
+migrations run with the caller's ApplyOptions (dataclasses.replace adds only the lock observer), so
+a rehearsal applies exactly as the real run will (timeouts, baseline, schema).
 """
 
 from __future__ import annotations
@@ -13,17 +17,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
 
 from .. import catalog
 from ..dburl import DatabaseUrl, mask_secrets
-from ..errors import PgrunbookError, UsageError
+from ..errors import BackupNotFound, MigrationFailed, PgrunbookError, UsageError
 from ..settings import Settings
 from .files import Migration
-from .runner import ApplyOptions, DeployResult, MigrationFailed, deploy
+from .runner import ApplyOptions, DeployResult, deploy
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +186,8 @@ def rehearse(migrations: list[Migration], migrations_dir: str, *, backup: str,
              provisioner: str | None = None, server_url: str | None = None, work_dir: str | None = None,
              apply_options: ApplyOptions | None = None, settings: Settings | None = None) -> RehearsalReport:
     """Restore `backup` into a fresh target, apply the pending migrations there, report; always tear down."""
-    from ..provision import ProvisionedTarget, get_provisioner, unique_name
+    from ..drill import provisioned_target
+    from ..provision import get_provisioner, unique_name
     from ..restore import RestoreOptions, run_restore
 
     settings = settings or Settings.from_env()
@@ -190,53 +195,47 @@ def rehearse(migrations: list[Migration], migrations_dir: str, *, backup: str,
     prov = get_provisioner(kind, server_url=server_url, work_dir=work_dir, settings=settings)
     report = RehearsalReport(backup=backup)
     t_all = time.monotonic()
-    target: ProvisionedTarget | None = None
     try:
-        target = prov.create(unique_name("pgrunbook_rehearsal"), [])
-        report.target = target.to_dict()
-        restored = run_restore(RestoreOptions(file=backup, target_url=target.url, force=True,
-                                              skip_missing_roles=True, analyze=True), settings)
-        report.restore_seconds = restored.seconds
-        target_url = DatabaseUrl.parse(target.url)
-        observer = _LockObserver(target_url)
-        base = apply_options or ApplyOptions()
-        opts = ApplyOptions(lock_timeout=base.lock_timeout, statement_timeout=base.statement_timeout,
-                            wait_for_lock=base.wait_for_lock, stale_lock_after=base.stale_lock_after,
-                            schema=base.schema, observer=observer)
-        observer.start()
-        result: DeployResult | None = None
-        try:
-            result = deploy(target_url, migrations, migrations_dir, opts)
-        except MigrationFailed as exc:
-            report.error = str(exc)
-            by_name = {m.name: m for m in migrations}
-            for name, seconds in observer.durations.items():  # the ones that went through before it
-                if name != exc.migration:
-                    report.migrations.append(RehearsedMigration(
-                        name, seconds=seconds, mode=by_name[name].run_mode() if name in by_name else "",
-                        locks=observer.locks_for(name, "")))
-            report.migrations.append(RehearsedMigration(exc.migration, seconds=observer.durations.get(exc.migration, 0),
-                                                        ok=False, error=str(exc),
-                                                        locks=observer.locks_for(exc.migration, "")))
-        finally:
-            observer.stop()
-        if result is not None:
-            for applied in result.applied:
-                report.migrations.insert(len(report.migrations), RehearsedMigration(
-                    applied.name, seconds=applied.seconds, mode=applied.mode,
-                    locks=observer.locks_for(applied.name, applied.mode)))
+        with provisioned_target(prov, unique_name("pgrunbook_rehearsal"), [], what="rehearsal target") as target:
+            report.target = target.to_dict()
+            restored = run_restore(RestoreOptions(file=backup, target_url=target.url, force=True,
+                                                  skip_missing_roles=True, analyze=True), settings)
+            report.restore_seconds = restored.seconds
+            _apply_observed(report, migrations, migrations_dir, DatabaseUrl.parse(target.url),
+                            apply_options or ApplyOptions())
     except UsageError:
         raise
     except PgrunbookError as exc:
         report.error = str(exc)
-    finally:
-        if target is not None:
-            try:
-                prov.destroy(target)
-            except Exception as exc:
-                log.warning("could not remove the rehearsal target", extra={"error": mask_secrets(str(exc))})
     report.seconds = time.monotonic() - t_all
     return report
+
+
+def _apply_observed(report: RehearsalReport, migrations: list[Migration], migrations_dir: str,
+                    target_url: DatabaseUrl, base: ApplyOptions) -> None:
+    observer = _LockObserver(target_url)
+    opts = replace(base, observer=observer)
+    observer.start()
+    result: DeployResult | None = None
+    try:
+        result = deploy(target_url, migrations, migrations_dir, opts)
+    except MigrationFailed as exc:
+        report.error = str(exc)
+        by_name = {m.name: m for m in migrations}
+        for name, seconds in observer.durations.items():  # the ones that went through before it
+            if name != exc.migration:
+                report.migrations.append(RehearsedMigration(
+                    name, seconds=seconds, mode=by_name[name].run_mode() if name in by_name else "",
+                    locks=observer.locks_for(name, "")))
+        report.migrations.append(RehearsedMigration(exc.migration, seconds=observer.durations.get(exc.migration, 0),
+                                                    ok=False, error=str(exc),
+                                                    locks=observer.locks_for(exc.migration, "")))
+    finally:
+        observer.stop()
+    if result is not None:
+        for applied in result.applied:
+            report.migrations.append(RehearsedMigration(applied.name, seconds=applied.seconds, mode=applied.mode,
+                                                        locks=observer.locks_for(applied.name, applied.mode)))
 
 
 def describe_failure(report: RehearsalReport) -> str:
@@ -248,6 +247,6 @@ def describe_failure(report: RehearsalReport) -> str:
 
 def require_backup(latest: str | None) -> str:
     if not latest:
-        raise PgrunbookError("--rehearse needs a backup to restore: none found (take one with `pgrunbook backup`, "
+        raise BackupNotFound("--rehearse needs a backup to restore: none found (take one with `pgrunbook backup`, "
                              "or pass --rehearse-from URI)")
     return latest

@@ -22,7 +22,7 @@ import psycopg
 
 from .. import catalog
 from ..dburl import DatabaseUrl
-from ..errors import PgrunbookError, UsageError
+from ..errors import FailedMigrationsPresent, MigrationFailed, NotManaged, ResolveRefused, UsageError
 from . import history
 from .files import Migration, Statement
 from .lock import DEFAULT_STALE_SECONDS, DEFAULT_WAIT_SECONDS, migration_lock
@@ -34,23 +34,6 @@ APPLICATION = "pgrunbook migrate"
 DEFAULT_LOCK_TIMEOUT = "5s"
 DEFAULT_STATEMENT_TIMEOUT = "30min"
 BASELINE_ALL = "*"
-
-
-class NotManaged(PgrunbookError):
-    """Tables but no _prisma_migrations (Prisma's P3005)."""
-
-
-class FailedMigrationsPresent(PgrunbookError):
-    """A failed migration blocks deploys until resolved (Prisma's P3009)."""
-
-
-class MigrationFailed(PgrunbookError):
-    """A migration script failed (Prisma's P3018)."""
-
-    def __init__(self, message: str, migration: str, statement: Statement | None) -> None:
-        super().__init__(message)
-        self.migration = migration
-        self.statement = statement
 
 
 @dataclass(frozen=True)
@@ -128,7 +111,7 @@ def deploy(url: DatabaseUrl, migrations: list[Migration], migrations_dir: str,
             rows = history.list_rows(conn, opts.schema)
             failed = [r for r in rows if r.failed]
             if failed:
-                raise FailedMigrationsPresent(_failed_message(failed))
+                raise FailedMigrationsPresent(failed_message(failed))
             recorded = {r.migration_name for r in rows if r.rolled_back_at is None}
             pending = [m for m in migrations if m.name not in recorded]
             applied: list[AppliedMigration] = []
@@ -155,12 +138,7 @@ def _initialize(conn: psycopg.Connection[Any], migrations: list[Migration],
         return False, []
     objects = history.schema_objects(conn, opts.schema)
     if objects and opts.baseline is None:
-        first = migrations[0].name if migrations else "<name>"
-        raise NotManaged(
-            f"the database schema \"{opts.schema}\" is not empty ({', '.join(objects)}) and has no _prisma_migrations "
-            "table: it is not managed by migrations, and applying them could clash with what is there (Prisma's "
-            f"P3005). If it already has the schema of the migrations, baseline it: `pgrunbook migrate --baseline` "
-            f"(all local migrations) or `--baseline NAME`, or `pgrunbook migrate resolve --applied {first}`")
+        raise NotManaged(not_managed_message(objects, opts.schema, migrations))
     baselined: list[str] = []
     with conn.transaction():
         history.create_table(conn, opts.schema)
@@ -178,7 +156,17 @@ def _initialize(conn: psycopg.Connection[Any], migrations: list[Migration],
     return True, baselined
 
 
-def _failed_message(failed: list[history.HistoryRow]) -> str:
+def not_managed_message(objects: list[str], schema: str, migrations: list[Migration]) -> str:
+    """Prisma's P3005, with the ways out."""
+    first = migrations[0].name if migrations else "<name>"
+    return (f"the database schema \"{schema}\" is not empty ({', '.join(objects)}) and has no _prisma_migrations "
+            "table: it is not managed by migrations, and applying them could clash with what is there (Prisma's "
+            f"P3005). If it already has the schema of the migrations, baseline it: `pgrunbook migrate --baseline` "
+            f"(all local migrations) or `--baseline NAME`, or `pgrunbook migrate resolve --applied {first}`")
+
+
+def failed_message(failed: list[history.HistoryRow]) -> str:
+    """Prisma's P3009, naming each failed migration and how to resolve it."""
     parts = []
     for row in failed:
         logs = (row.logs or "").strip().splitlines()
@@ -303,7 +291,7 @@ def resolve(url: DatabaseUrl, migrations: list[Migration], *, applied: str | Non
                     history.create_table(conn, opts.schema)  # baselining an unmanaged database
                 rows = [r for r in history.list_rows(conn, opts.schema) if r.migration_name == applied]
                 if any(r.finished_at is not None and r.rolled_back_at is None for r in rows):
-                    raise PgrunbookError(f"migration {applied} is already recorded as applied in the database "
+                    raise ResolveRefused(f"migration {applied} is already recorded as applied in the database "
                                          "(Prisma's P3008)")
                 touched = []
                 for r in rows:
@@ -314,15 +302,15 @@ def resolve(url: DatabaseUrl, migrations: list[Migration], *, applied: str | Non
             return ResolveResult("applied", applied, touched)
         assert rolled_back is not None
         if not history.table_exists(conn, opts.schema):
-            raise PgrunbookError("the database has no _prisma_migrations table: nothing to roll back")
+            raise ResolveRefused("the database has no _prisma_migrations table: nothing to roll back")
         with conn.transaction():
             rows = [r for r in history.list_rows(conn, opts.schema) if r.migration_name == rolled_back]
             if not rows:
-                raise PgrunbookError(f"migration {rolled_back} cannot be rolled back: it was never applied to "
+                raise ResolveRefused(f"migration {rolled_back} cannot be rolled back: it was never applied to "
                                      "the database (Prisma's P3011)")
             failed = [r for r in rows if r.failed]
             if not failed:
-                raise PgrunbookError(f"migration {rolled_back} cannot be rolled back: it is not in a failed state "
+                raise ResolveRefused(f"migration {rolled_back} cannot be rolled back: it is not in a failed state "
                                      "(Prisma's P3012)")
             for r in failed:
                 history.mark_rolled_back(conn, r.id, opts.schema)
