@@ -199,6 +199,10 @@ class NotEnoughSpace(PgrunbookError):
     """The work folder has too little free space for the archive."""
 
 
+class CountFailed(PgrunbookError):
+    """The exact row counts of a database could not be read (e.g. a table the role may not read)."""
+
+
 # -- restore targets
 class TargetNotEmpty(TargetRefused):
     """The restore target holds objects (or stopped being empty before the restore began)."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import PgrunbookError, UsageError
+from .errors import LocalRunnerError, UsageError
 from .lambda_support import LocalContext, error_payload
 
 MOTO_MINOR = "5.2"
@@ -43,14 +43,14 @@ def project_root() -> Path:
         for parent in [start, *start.parents]:
             if (parent / "template.yaml").is_file() and (parent / "statemachines").is_dir():
                 return parent
-    raise PgrunbookError("template.yaml not found (run from the repository)")
+    raise LocalRunnerError("template.yaml not found (run from the repository)")
 
 
 def check_moto() -> None:
     import moto
 
     if not str(moto.__version__).startswith(MOTO_MINOR + "."):
-        raise PgrunbookError(f"pgrunbook.local was written for moto {MOTO_MINOR}.x (its Lambda backend is patched); "
+        raise LocalRunnerError(f"pgrunbook.local was written for moto {MOTO_MINOR}.x (its Lambda backend is patched); "
                              f"found {moto.__version__}: re-check LambdaAdapter and pin the new minor")
 
 
@@ -86,7 +86,7 @@ def function_ids(template: Mapping[str, Any]) -> list[str]:
 def handler_path(logical_id: str, root: Path | None = None) -> Path:
     """Convention: <Name>Function -> functions/<name>/app.py (see functions/Makefile)."""
     if not logical_id.endswith("Function"):
-        raise PgrunbookError(f"{logical_id}: function logical ids end in 'Function'")
+        raise LocalRunnerError(f"{logical_id}: function logical ids end in 'Function'")
     return (root or project_root()) / "functions" / logical_id[: -len("Function")].lower() / "app.py"
 
 
@@ -95,7 +95,7 @@ def load_handler(path: Path) -> Handler:
     name = f"pgrunbook_fn_{path.parent.name}_{uuid.uuid4().hex[:8]}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise PgrunbookError(f"cannot import {path}")
+        raise LocalRunnerError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     handler: Handler = module.lambda_handler
@@ -127,7 +127,7 @@ class Intrinsics:
     def condition(self, name: str) -> bool:
         """A condition: a fixed bool, or the template's expression (Fn::Equals/Not/And/Or/Condition)."""
         if name not in self.conditions:
-            raise PgrunbookError(f"local: no condition {name}")
+            raise LocalRunnerError(f"local: no condition {name}")
         value = self.conditions[name]
         return value if isinstance(value, bool) else bool(self.eval(value))
 
@@ -141,13 +141,13 @@ class Intrinsics:
         (key, arg), = value.items()
         if key == "Ref":
             if arg not in self.refs:
-                raise PgrunbookError(f"local: no value for Ref {arg}")
+                raise LocalRunnerError(f"local: no value for Ref {arg}")
             return self.refs[arg]
         if key == "Fn::GetAtt":
             parts = arg if isinstance(arg, list) else str(arg).split(".", 1)
             name = ".".join(parts)
             if name not in self.attrs:
-                raise PgrunbookError(f"local: no value for GetAtt {name}")
+                raise LocalRunnerError(f"local: no value for GetAtt {name}")
             return self.attrs[name]
         if key == "Fn::If":
             cond, yes, no = arg
@@ -191,7 +191,7 @@ def render_definition(text: str, values: Mapping[str, Any]) -> str:
     """Fill ${Name} like CloudFormation's DefinitionSubstitutions; a missing one is an error."""
     missing = sorted({m for m in SUBSTITUTION.findall(text) if m not in values})
     if missing:
-        raise PgrunbookError(f"substitutions not defined: {', '.join(missing)}")
+        raise LocalRunnerError(f"substitutions not defined: {', '.join(missing)}")
     return SUBSTITUTION.sub(lambda m: str(values[m.group(1)]), text)
 
 
@@ -456,7 +456,7 @@ class LocalCloud:
             if until is not None and until(Execution(arn=execution_arn, status=str(desc["status"]))):
                 return self._execution(desc)
             if time.monotonic() > deadline:
-                raise PgrunbookError(f"local execution still running after {timeout:.0f}s: {execution_arn}")
+                raise LocalRunnerError(f"local execution still running after {timeout:.0f}s: {execution_arn}")
             time.sleep(0.2)
 
     def _execution(self, desc: Mapping[str, Any]) -> Execution:

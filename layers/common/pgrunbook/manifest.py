@@ -23,7 +23,7 @@ from typing import Any
 import fastjsonschema
 
 from .catalog import TableRef, display_name, legacy_name
-from .errors import PgrunbookError
+from .errors import ManifestInvalid
 
 MANIFEST_SUFFIX = ".manifest.json"
 SHA256_SUFFIX = ".sha256"
@@ -56,27 +56,27 @@ class Manifest:
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise PgrunbookError(f"{where} is not valid JSON: {exc}") from None
+            raise ManifestInvalid(f"{where} is not valid JSON: {exc}") from None
         return cls.validated(data, where=where)
 
     @classmethod
     def validated(cls, data: dict[str, Any], *, where: str = "manifest") -> Manifest:
         version = data.get("manifest_version") if isinstance(data, dict) else None
         if version not in READABLE_VERSIONS:
-            raise PgrunbookError(f"{where} has manifest_version {version!r}: this pgrunbook reads versions "
+            raise ManifestInvalid(f"{where} has manifest_version {version!r}: this pgrunbook reads versions "
                                  f"{', '.join(map(str, READABLE_VERSIONS))}")
         try:
             _validator(version)(data)
         except fastjsonschema.JsonSchemaException as exc:
-            raise PgrunbookError(f"{where} does not match the manifest schema: {exc}") from None
+            raise ManifestInvalid(f"{where} does not match the manifest schema: {exc}") from None
         if version >= 2:
             for section in ("tables", "sequences"):
                 keys = [(e["schema"], e["name"]) for e in data[section]]
                 if len(set(keys)) != len(keys):
-                    raise PgrunbookError(f"{where} lists a {section[:-1]} twice")
+                    raise ManifestInvalid(f"{where} lists a {section[:-1]} twice")
             oids = [e["oid"] for e in data["tables"]]
             if len(set(oids)) != len(oids):
-                raise PgrunbookError(f"{where} lists a table OID twice")
+                raise ManifestInvalid(f"{where} lists a table OID twice")
         return cls(data)
 
     def to_json(self) -> str:
@@ -181,5 +181,5 @@ def sha256_line(digest: str, name: str) -> str:
 def parse_sha256_file(text: str, *, where: str = ".sha256 file") -> str:
     first = text.strip().split()
     if not first or len(first[0]) != 64 or any(c not in "0123456789abcdefABCDEF" for c in first[0]):
-        raise PgrunbookError(f"{where} holds no sha256 digest")
+        raise ManifestInvalid(f"{where} holds no sha256 digest")
     return first[0].lower()

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import aws
-from .errors import PgrunbookError
+from .errors import AwsCallFailed, PgrunbookError
 from .lambda_support import configured_databases, secret_url
 from .operations import (
     TAG_EXECUTION,
@@ -77,7 +77,7 @@ def execution_state(arn: str) -> tuple[str, str]:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("ExecutionDoesNotExist", "InvalidArn"):
             return "UNKNOWN", ""
-        raise PgrunbookError(f"Step Functions: cannot describe {arn}: {code}") from None
+        raise AwsCallFailed(f"Step Functions: cannot describe {arn}: {code}") from None
     try:
         mode = str((json.loads(desc.get("input") or "{}") or {}).get("mode") or "drill")
     except (ValueError, AttributeError):

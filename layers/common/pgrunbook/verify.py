@@ -29,7 +29,7 @@ from psycopg import sql
 from . import catalog
 from .archive import ArchiveRef
 from .dburl import DatabaseUrl, mask_secrets
-from .errors import PgrunbookError, UsageError
+from .errors import ManifestMissing, PgrunbookError, UsageError
 from .manifest import Manifest
 from .restore import database_mark
 from .settings import Settings
@@ -134,7 +134,7 @@ def _load_manifest(opts: VerifyOptions) -> tuple[Manifest | None, str | None]:
     ref = ArchiveRef.from_uri(opts.manifest)
     manifest = ref.manifest()
     if manifest is None:
-        raise PgrunbookError(f"no manifest found for {opts.manifest} ({ref.uri}.manifest.json)")
+        raise ManifestMissing(f"no manifest found for {opts.manifest} ({ref.uri}.manifest.json)")
     return manifest, ref.uri + ".manifest.json"
 
 

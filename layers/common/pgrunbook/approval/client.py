@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from ..errors import PgrunbookError, UsageError
-from .service import ERRORS, ApprovalError
+from .service import ERRORS, ApprovalError, ApprovalUnavailable
 
 
 class _FormReader(HTMLParser):
@@ -57,7 +57,7 @@ def _http(method: str, url: str, body: bytes | None = None, headers: dict[str, s
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError) as exc:
-        raise PgrunbookError(f"approval endpoint unreachable ({urlsplit(url).netloc}): "
+        raise ApprovalUnavailable(f"approval endpoint unreachable ({urlsplit(url).netloc}): "
                              f"{getattr(exc, 'reason', exc)}") from None
 
 

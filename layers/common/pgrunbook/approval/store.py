@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import PgrunbookError
+from ..errors import AwsCallFailed
 from ..lambda_support import ConfigError, TransientError
 
 STATUSES = ("pending", "deciding", "approved", "rejected", "not_waiting")
@@ -100,7 +100,7 @@ class ApprovalStore:
                 raise TransientError(f"DynamoDB {op}: {code}") from None
             if code in ("ResourceNotFoundException", "AccessDeniedException"):
                 raise ConfigError(f"approval table {self.table}: {code}") from None
-            raise PgrunbookError(f"DynamoDB {op} on {self.table}: {code}") from None
+            raise AwsCallFailed(f"DynamoDB {op} on {self.table}: {code}") from None
         except BotoCoreError as exc:
             raise TransientError(f"DynamoDB unreachable: {type(exc).__name__}") from None
 

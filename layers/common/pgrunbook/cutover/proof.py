@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import aws
 from ..dburl import DatabaseUrl
-from ..errors import PgrunbookError, UsageError
+from ..errors import AwsCallFailed, UsageError
 from ..verify import CheckResult, HttpCheck, http_check
 from . import dbstate
 from .roll import aws_reason
@@ -70,7 +70,7 @@ def alarm_states(names: list[str]) -> AlarmStates:
             for alarm in list(resp.get("MetricAlarms") or []) + list(resp.get("CompositeAlarms") or []):
                 found[str(alarm["AlarmName"])] = str(alarm.get("StateValue"))
     except (ClientError, BotoCoreError) as exc:
-        raise PgrunbookError(f"cannot read CloudWatch alarms: {aws_reason(exc)}") from None
+        raise AwsCallFailed(f"cannot read CloudWatch alarms: {aws_reason(exc)}") from None
     out.states = {n: found[n] for n in names if n in found}
     out.missing = [n for n in names if n not in found]
     return out

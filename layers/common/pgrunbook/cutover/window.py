@@ -19,7 +19,7 @@ import psycopg
 
 from .. import catalog
 from ..dburl import DatabaseUrl, mask_secrets
-from ..errors import PgrunbookError
+from ..errors import CountFailed, PgrunbookError
 
 
 def table_key(table: Any) -> str:
@@ -41,7 +41,7 @@ def _table_counts(url: DatabaseUrl, application: str) -> list[tuple[Any, int]]:
             counts = catalog.exact_counts(conn, tables)
         except psycopg.Error as exc:  # e.g. a table the role may not read
             reason = " ".join(str(exc).split())[:200]
-            raise PgrunbookError(f"cannot count the rows of {url.display()}: {mask_secrets(reason)}") from None
+            raise CountFailed(f"cannot count the rows of {url.display()}: {mask_secrets(reason)}") from None
     by_name = {_legacy_key(t): t for t in tables}
     return [(by_name.get(t, t) if isinstance(t, str) else t, int(n)) for t, n in counts.items()]
 
