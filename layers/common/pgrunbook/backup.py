@@ -38,7 +38,7 @@ import psycopg
 
 from . import __version__, catalog, lockwait
 from .dburl import DatabaseUrl
-from .errors import PgrunbookError, StoreError, UsageError
+from .errors import BackupFailed, OutputExists, PgrunbookError, StoreError, UsageError
 from .manifest import MANIFEST_SUFFIX, MANIFEST_VERSION, SHA256_SUFFIX, Manifest, sha256_line
 from .manifest import _validator as manifest_validator
 from .manifest import contents as manifest_contents
@@ -150,7 +150,7 @@ def _plan(opts: BackupOptions, settings: Settings, database: str, when: datetime
             raise UsageError(f"--out {opts.out!r}: a line break in the path cannot be written in a .sha256 file")
         for path in (out, Path(f"{out}{SHA256_SUFFIX}"), Path(f"{out}{MANIFEST_SUFFIX}")):
             if path.exists() and not opts.overwrite:
-                raise PgrunbookError(f"{path} already exists: refusing to overwrite it (pass --overwrite)")
+                raise OutputExists(f"{path} already exists: refusing to overwrite it (pass --overwrite)")
         jobs = _jobs(opts, settings) if fmt == "directory-tar" else 1
         # the .sha256 names the file as the operator gave it, like the runbook's `sha256sum "$OUT"`
         return _Plan(store=LocalStore(out.parent), key=out.name, fmt=fmt, compression=compression, jobs=jobs,
@@ -290,7 +290,7 @@ def _tar_directory(folder: Path, sink: _HashingSink) -> None:
             while left > 0:
                 chunk = fh.read(min(TAR_CHUNK, left))
                 if not chunk:
-                    raise PgrunbookError(f"{folder / name} shrank while it was being archived")
+                    raise BackupFailed(f"{folder / name} shrank while it was being archived")
                 sink.write(chunk)
                 left -= len(chunk)
             offset += st.st_size
