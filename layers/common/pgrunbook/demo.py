@@ -293,7 +293,9 @@ class DemoStack:
     """Servers, databases, the local stack, the applications and the approval page; `with` starts them and
     stops all of them on the way out."""
 
-    def __init__(self, cfg: DemoConfig, narrator: Narrator | None = None) -> None:
+    def __init__(self, cfg: DemoConfig, narrator: Narrator | None = None, *, log: FunctionLog | None = None) -> None:
+        """`log`: the functions' log, given when the caller prepared the work folder and redirected output
+        there already (run_demo); otherwise the stack prepares the folder and opens its own."""
         self.cfg = cfg
         self.say = (narrator or Narrator(quiet=True)).say
         self.narrator = narrator or Narrator(quiet=True)
@@ -309,7 +311,7 @@ class DemoStack:
         self.staging: Any = None
         self.approvals: Any = None
         self.load: WriteLoad | None = None
-        self.log: FunctionLog | None = None
+        self.log: FunctionLog | None = log
         self.runs: list[MachineRun] = []
         self._stack = contextlib.ExitStack()
 
@@ -359,9 +361,10 @@ class DemoStack:
         from .sampleapp import SampleApp
 
         workdir = self.cfg.workdir
-        prepare_workdir(workdir)
-        self.log = FunctionLog(workdir / "demo.log")
-        self._stack.callback(self.log.close)
+        if self.log is None:
+            prepare_workdir(workdir)
+            self.log = FunctionLog(workdir / "demo.log")
+            self._stack.callback(self.log.close)
 
         sizes = sample_sizes(self.cfg.rows)
         self.prod = self._server("production")
@@ -726,15 +729,16 @@ def run_demo(cfg: DemoConfig, *, approve: str = "auto", narrator: Narrator | Non
     say(f"          {', '.join(MACHINE_FILES.values())} from template.yaml, in local Step Functions (moto) with "
         "the Lambda handlers of functions/*/app.py in-process", stamp=False)
     facts: dict[str, Any] = {}
-    stack = DemoStack(cfg, say_)
+    prepare_workdir(cfg.workdir)
     with contextlib.ExitStack() as outer:
+        # the functions' stdout (JSON logs, metric blobs) is their CloudWatch log: into demo.log, from before the
+        # stack starts until after it stopped (an execution still running during the cleanup logs too)
+        function_log = outer.enter_context(contextlib.closing(FunctionLog(cfg.workdir / "demo.log")))
+        outer.enter_context(contextlib.redirect_stdout(function_log))
+        outer.enter_context(contextlib.redirect_stderr(function_log))
         say(f"0. starting two PostgreSQL servers, the sample database (about {cfg.rows:,} rows), the local stack "
             "and the sample app")
-        outer.enter_context(stack)
-        # the functions' stdout (JSON logs, metric blobs) is their CloudWatch log: into demo.log
-        assert stack.log is not None
-        outer.enter_context(contextlib.redirect_stdout(stack.log))
-        outer.enter_context(contextlib.redirect_stderr(stack.log))
+        stack = outer.enter_context(DemoStack(cfg, say_, log=function_log))
         prod, targets = stack.prod_server, stack.target_server
         counts = stack.counts(prod, APP_DB)
         say(f"1. production: PostgreSQL on 127.0.0.1:{prod.port}, database {APP_DB}: "
