@@ -276,3 +276,51 @@ class LocalRunnerError(PgrunbookError):
 
 class DemoFailed(PgrunbookError):
     """A demo step did not end as the runbook says it must."""
+
+
+# -- cutover
+class FreezeFailed(CutoverError):
+    """The source could not be frozen (setting refused, or its writing sessions could not be ended)."""
+
+
+class ReadOnlyRefused(CutoverError):
+    """The database refused the read-only setting or its comment (not its owner)."""
+
+
+class SecretUnreadable(CutoverError):
+    """The secret cannot be read (missing, denied, or not in the expected shape)."""
+
+
+class ProductionReadyFailed(CutoverError):
+    """The approved candidate could not be made production-ready (nothing was switched)."""
+
+
+# -- approvals (`status`: the HTTP status the approval page and API answer with)
+class ApprovalError(PgrunbookError):
+    """A decision or view was refused (the message says why, in words)."""
+
+    status = 500
+
+
+class ApprovalForbidden(ApprovalError):
+    status = 403
+
+
+class ApprovalNotFound(ApprovalError):
+    status = 404
+
+
+class ApprovalConflict(ApprovalError):
+    status = 409
+
+
+class ApprovalGone(ApprovalError):
+    status = 410
+
+
+class ApprovalUnavailable(ApprovalError):
+    status = 503
+
+
+class ApprovalInputError(UsageError):
+    status = 400

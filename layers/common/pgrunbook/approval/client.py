@@ -16,8 +16,8 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
-from ..errors import PgrunbookError, UsageError
-from .service import ERRORS, ApprovalError, ApprovalUnavailable
+from ..errors import ApprovalError, ApprovalUnavailable, PgrunbookError, UsageError
+from .service import ERRORS
 
 
 class _FormReader(HTMLParser):

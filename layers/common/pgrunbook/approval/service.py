@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import PgrunbookError, UsageError
+from ..errors import ApprovalConflict as ApprovalConflict  # the approval errors live in errors.py (re-exported)
+from ..errors import ApprovalError as ApprovalError
+from ..errors import ApprovalForbidden as ApprovalForbidden
+from ..errors import ApprovalGone as ApprovalGone
+from ..errors import ApprovalInputError as ApprovalInputError
+from ..errors import ApprovalNotFound as ApprovalNotFound
+from ..errors import ApprovalUnavailable as ApprovalUnavailable
+from ..errors import PgrunbookError
 from ..events import EventError, _get, _mapping
 from ..lambda_support import ConfigError, TransientError
 from .config import ApprovalConfig
@@ -38,36 +45,6 @@ MAX_NAME = 100
 MAX_COMMENT = 2000
 MAX_FACTS_BYTES = 300_000  # a DynamoDB item holds 400 KB
 ATTRIBUTE = "pgrunbook.approval"  # SNS message attribute with the notification's facts as JSON
-
-
-class ApprovalError(PgrunbookError):
-    """A decision or view was refused (the message says why, in words)."""
-
-    status = 500
-
-
-class ApprovalForbidden(ApprovalError):
-    status = 403
-
-
-class ApprovalNotFound(ApprovalError):
-    status = 404
-
-
-class ApprovalConflict(ApprovalError):
-    status = 409
-
-
-class ApprovalGone(ApprovalError):
-    status = 410
-
-
-class ApprovalUnavailable(ApprovalError):
-    status = 503
-
-
-class ApprovalInputError(UsageError):
-    status = 400
 
 
 ERRORS: dict[int, type[PgrunbookError]] = {c.status: c for c in (ApprovalForbidden, ApprovalNotFound,

@@ -30,7 +30,7 @@ from psycopg import sql
 
 from .. import catalog
 from ..dburl import DatabaseUrl, mask_secrets
-from ..errors import CutoverError, PgrunbookError
+from ..errors import FreezeFailed, PgrunbookError, ReadOnlyRefused
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,6 @@ RETIRE_MARK = "pgrunbook: retired by cutover"
 _RETIRE_AFTER = re.compile(r"retire after (\d{4}-\d{2}-\d{2})")
 _PREVIOUS = " | previous comment: "
 _TRUE = ("on", "true", "yes", "1")
-
-
-class FreezeFailed(CutoverError):
-    """The source could not be frozen (setting refused, or its writing sessions could not be ended)."""
-
-
-class ReadOnlyRefused(CutoverError):
-    """The database refused the read-only setting or its comment (not its owner)."""
 
 
 @contextmanager

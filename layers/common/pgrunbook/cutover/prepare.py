@@ -28,7 +28,7 @@ from psycopg import sql
 
 from .. import aws, catalog
 from ..dburl import DatabaseUrl, mask_secrets
-from ..errors import CutoverError, PgrunbookError
+from ..errors import CutoverError, PgrunbookError, ProductionReadyFailed
 from ..verify import CheckResult, HttpCheck, http_check
 from . import dbstate, proof
 from .config import StagingConfig
@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 KEEP_LABEL = "pgrunbook.keep"
 KEPT_COMMENT = "pgrunbook: kept cutover candidate"
 _NOT_COPIED = ("default_transaction_read_only",)
-
-
-class ProductionReadyFailed(CutoverError):
-    """The approved candidate could not be made production-ready (nothing was switched)."""
 
 
 # --------------------------------------------------------------------------- the application on the candidate

@@ -31,6 +31,7 @@ from ..errors import (
     CutoverRefused,
     PgrunbookError,
     ProofFailed,
+    ReadOnlyRefused,
     RolledBack,
     RollFailed,
     UsageError,
@@ -229,7 +230,7 @@ def finish_old(old: DatabaseUrl, new: DatabaseUrl, *, switched_at: datetime, cou
         if ended:
             report.old_database.append(f"{len(ended)} session(s) still connected from before the switch were "
                                        "ended: they reconnect read-only")
-    except dbstate.ReadOnlyRefused as exc:
+    except ReadOnlyRefused as exc:
         report.old_database.append("NOT read-only: the setting was refused")
         report.warnings.append(f"the old database {old.display()} was not made read-only ({exc}); writes to it "
                                "are lost: set it read-only by hand (ALTER DATABASE ... SET "

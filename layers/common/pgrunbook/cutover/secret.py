@@ -23,14 +23,10 @@ from typing import Any
 
 from .. import aws
 from ..dburl import DatabaseUrl, mask_secrets
-from ..errors import CutoverError, SecretUpdateDenied, UsageError
+from ..errors import CutoverError, SecretUnreadable, SecretUpdateDenied, UsageError
 
 _DENIED = ("AccessDeniedException", "AccessDenied", "403", "UnauthorizedOperation")
 _TRANSIENT = ("ThrottlingException", "InternalServiceError", "LimitExceededException")
-
-
-class SecretUnreadable(CutoverError):
-    """The secret cannot be read (missing, denied, or not in the expected shape)."""
 
 
 def version_token(*parts: str) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 
 from .. import operations
 from ..dburl import DatabaseUrl
-from ..errors import CountsDiffer, CutoverError, CutoverRefused, PgrunbookError, UsageError
+from ..errors import CountsDiffer, CutoverError, CutoverRefused, PgrunbookError, ProductionReadyFailed, UsageError
 from ..events import EventError, TargetRef
 from ..lambda_support import database_config, database_url, describe_failure
 from ..settings import Settings
@@ -349,7 +349,7 @@ def do_production_ready(ctx: Context) -> dict[str, Any]:
                                                    execution=ctx.execution)
         bad = [c for c in checks if not c.ok]
         if bad:
-            raise prepare.ProductionReadyFailed("the candidate is not like the source: " + "; ".join(
+            raise ProductionReadyFailed("the candidate is not like the source: " + "; ".join(
                 f"{c.name}: expected {c.expected}, actual {c.actual}" for c in bad))
     elif ctx.cfg.app_secret_id:
         done = prepare.ensure_app_login(ctx.candidate, DatabaseUrl.parse(ctx.on_candidate(ctx.slot().read().url)))
