@@ -213,7 +213,7 @@ def do_prepare(ctx: Context) -> dict[str, Any]:
         f"; failed: {'; '.join(out['failures'])}" if out["failures"] else "")
     info["lines"] = lines
     text = report.text() + "\n\nCutover\n" + "\n".join(f"  {line}" for line in lines)
-    return {"verify": {**out, "text": text, "summary": summary, "cutover": info}, "cutover": info}
+    return {"verify": {**out, "text": text, "summary": summary}, "cutover": info}
 
 
 def _window_actual(window: Any) -> str:
