@@ -1,0 +1,133 @@
+"""Routes by error name, on the real ASL (moto executing statemachines/*.asl.json with the real
+handlers and a real PostgreSQL): a state machine sees an exception as its class name (errorType), so
+the classes of pgrunbook.errors are what Retry/Catch route on.
+
+- Backup and Migrate: LockTimeout (a table lock held past the backup's lock wait: nothing written) is
+  retried once, five minutes later; a second LockTimeout fails that database / the run as before.
+- Restore: a damaged archive (ChecksumMismatch, ArchiveCorrupt) is reported under its name and never
+  retried (another attempt reads the same bytes); the target is torn down.
+
+moto sleeps a Retry's IntervalSeconds for real; the `retry_waits` fixture records the interval instead
+(the route is the ASL's, only the five minutes are not spent) and lets the test act at that moment."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgrunbook import aws
+from pgrunbook.local import Execution, LocalCloud, LocalDatabase
+from pgrunbook.localpg import LocalServer
+from pgrunbook.sample import SAMPLE_MIGRATIONS, create_sample_database
+from tests.fixtures.processes import Locker
+
+LOCKED_TABLE = "User"
+
+
+class RetryWaits:
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.on_wait: list[Callable[[], None]] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+        for hook in self.on_wait:
+            hook()
+
+
+@pytest.fixture()
+def retry_waits(monkeypatch: pytest.MonkeyPatch) -> RetryWaits:
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    waits = RetryWaits()
+    monkeypatch.setattr(retrier_decl, "time", waits)  # the module's only use of time is the retry's sleep
+    return waits
+
+
+@pytest.fixture()
+def stack(pg_server: LocalServer) -> Iterator[tuple[LocalCloud, str]]:
+    """One configured database `app` (a fresh runbook-shaped sample); backups wait 1 s for a lock."""
+    name = f"routes_{uuid.uuid4().hex[:8]}"
+    url = create_sample_database(pg_server.url(), name, users=20, jobs_per_user=1, events=20)
+    try:
+        with LocalCloud([LocalDatabase("app", url)], env={"PGRUNBOOK_LOCK_WAIT_TIMEOUT": "1"}) as cloud:
+            yield cloud, url
+    finally:
+        with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def failures(ex: Execution) -> list[str]:
+    return [str(e["lambdaFunctionFailedEventDetails"]["error"]) for e in ex.history
+            if "lambdaFunctionFailedEventDetails" in e]
+
+
+def test_backup_retries_a_lock_timeout_once_later(stack: tuple[LocalCloud, str], retry_waits: RetryWaits) -> None:
+    cloud, url = stack
+    locker = Locker(url, LOCKED_TABLE, application="long-report")
+    retry_waits.on_wait.append(locker.release)  # the long transaction ends while the machine waits
+    try:
+        ex = cloud.run("BackupStateMachine", {"kind": "manual", "databases": ["app"]})
+    finally:
+        locker.release()
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    assert failures(ex) == ["LockTimeout"] and retry_waits.seconds == [300]
+    assert ex.states_entered().count("BackupOnLambda") == 1  # one state, two attempts
+    (item,) = ex.output["results"]
+    assert item["ok"] is True and "/manual/" in item["result"]["archive"]
+
+
+def test_backup_fails_the_database_after_a_second_lock_timeout(stack: tuple[LocalCloud, str],
+                                                               retry_waits: RetryWaits) -> None:
+    cloud, url = stack
+    locker = Locker(url, LOCKED_TABLE, application="long-report")
+    try:
+        ex = cloud.run("BackupStateMachine", {"kind": "manual", "databases": ["app"]})
+    finally:
+        locker.release()
+    assert ex.status == "FAILED" and ex.error == "BackupsFailed", (ex.error, ex.cause)
+    assert failures(ex) == ["LockTimeout", "LockTimeout"] and retry_waits.seconds == [300]
+    assert "app: LockTimeout: " in (ex.cause or "") and f"pid {locker.pid}" in (ex.cause or "")
+    (_, message), = cloud.notifications()
+    assert "FAILED  app" in message
+
+
+def upload(cloud: LocalCloud, version: str, migrations: dict[str, str]) -> str:
+    prefix = f"_releases/{version}/migrations"
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=cloud.bucket, Key=f"{prefix}/migration_lock.toml", Body=b'provider = "postgresql"\n')
+    for name, sql in migrations.items():
+        s3.put_object(Bucket=cloud.bucket, Key=f"{prefix}/{name}/migration.sql", Body=sql.encode())
+    return f"s3://{cloud.bucket}/{prefix}/"
+
+
+def test_migrate_retries_the_pre_migration_backup_after_a_lock_timeout(stack: tuple[LocalCloud, str],
+                                                                      retry_waits: RetryWaits) -> None:
+    cloud, url = stack
+    uri = upload(cloud, "9.9.9", {**SAMPLE_MIGRATIONS,
+                                  "20260301000000_note": 'ALTER TABLE "Job" ADD COLUMN "note" TEXT;\n'})
+    locker = Locker(url, LOCKED_TABLE, application="long-report")
+    retry_waits.on_wait.append(locker.release)
+    try:
+        ex = cloud.run("MigrateStateMachine", {"database": "app", "migrations": uri, "app_version": "9.9.9"})
+    finally:
+        locker.release()
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    assert failures(ex) == ["LockTimeout"] and retry_waits.seconds == [300]
+    entered = ex.states_entered()
+    assert entered[entered.index("Backup"):] == ["Backup", "Apply", "Status", "StatusVerdict", "NotifySuccess",
+                                                 "Succeeded"]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM _prisma_migrations WHERE migration_name = '20260301000000_note' "
+                            "AND finished_at IS NOT NULL").fetchone() == (1,)
+
+
+def _backed_up(cloud: LocalCloud) -> dict[str, Any]:
+    ex = cloud.run("BackupStateMachine", {"kind": "manual", "databases": ["app"]})
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    result: dict[str, Any] = ex.output["results"][0]["result"]
+    return result
