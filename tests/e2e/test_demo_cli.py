@@ -108,3 +108,21 @@ def test_usage_errors_and_a_foreign_folder_is_never_deleted(tmp_path: Path, caps
     err = capsys.readouterr().err
     assert "is not empty and is not a pgrunbook demo folder" in err and len(err.strip().splitlines()) == 1
     assert (foreign / "notes.txt").read_text() == "keep me" and not (foreign / MARKER).exists()
+
+
+def test_demo_migrations_continue_the_sample_databases_history() -> None:
+    """The demo's prisma/migrations folder starts with the migrations the sample database records (same bytes,
+    so the same checksums: Migrate would refuse a modified applied migration) and adds one that passes the
+    strict lint gate."""
+    from pgrunbook.demo import demo_migrations
+    from pgrunbook.migrations.files import read_migrations
+    from pgrunbook.migrations.lint import lint_migrations
+    from pgrunbook.sample import SAMPLE_MIGRATIONS
+
+    found = read_migrations(demo_migrations())
+    names = [m.name for m in found]
+    assert names[: len(SAMPLE_MIGRATIONS)] == list(SAMPLE_MIGRATIONS) and len(names) == len(SAMPLE_MIGRATIONS) + 1
+    for name, script in SAMPLE_MIGRATIONS.items():
+        assert (demo_migrations() / name / "migration.sql").read_bytes() == script.encode()
+    report = lint_migrations(found[len(SAMPLE_MIGRATIONS):], "strict")
+    assert not report.findings, report.text()
