@@ -791,8 +791,8 @@ def run_demo(cfg: DemoConfig, *, approve: str = "auto", narrator: Narrator | Non
         out = restore.output or {}
         decision = out.get("approval") or {}
         if decision.get("decision") == "rejected":
-            raise PgrunbookError(f"the cutover was rejected by {decision.get('approver')}: nothing was switched and the "
-                                 "candidate was torn down")
+            raise PgrunbookError(f"the cutover was rejected by {decision.get('approver')}: nothing was switched "
+                                 "and the candidate was torn down")
         if (out.get("cutover") or {}).get("outcome") != "cut over":
             raise PgrunbookError(f"the cutover did not happen: {(out.get('cutover') or {}).get('outcome')}")
         facts["restore"] = out
