@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import psycopg
@@ -22,6 +21,7 @@ from pgrunbook.manifest import Manifest
 from pgrunbook.pgtools import find_tool
 from pgrunbook.settings import Settings
 from tests.conftest import cli_env, run_cli
+from tests.fixtures.processes import wait_until
 
 
 def _only_archive(folder: Path, suffix: str) -> Path:
@@ -178,7 +178,7 @@ def test_counts_in_the_manifest_equal_the_rows_in_the_archive_under_concurrent_w
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        time.sleep(0.2)
+        wait_until(lambda: inserted[0] > 0, "the writer to write")
         before = inserted[0]
         # When a streaming backup runs meanwhile
         result = run_backup(BackupOptions(database_url=fresh_db, dest=str(tmp_path), jobs=1), Settings.from_env({}))

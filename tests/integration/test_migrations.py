@@ -26,6 +26,7 @@ from pgrunbook.migrations import (
     split_statements,
 )
 from pgrunbook.migrations.lock import LOCK_KEY
+from tests.fixtures.processes import wait_until
 
 INIT = """-- CreateTable
 CREATE TABLE "Account" (
@@ -269,6 +270,22 @@ def _slow_migrations(root: Path) -> Path:
                         "20260102000000_next": 'CREATE TABLE "Next" (id int);\n'})
 
 
+def sleeping_migration(url: str) -> bool:
+    """A migration of pgrunbook's is inside pg_sleep (it holds the migration lock meanwhile)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND application_name = 'pgrunbook migrate' AND wait_event = 'PgSleep'").fetchone()
+    return bool(row and row[0])
+
+
+def idle_for(url: str, pid: int, seconds: float) -> bool:
+    """Session `pid` has been idle for more than `seconds` (what a leaked migration lock looks like)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT state LIKE 'idle%%' AND clock_timestamp() - state_change > "
+                           "make_interval(secs => %s) FROM pg_stat_activity WHERE pid = %s", (seconds, pid)).fetchone()
+    return bool(row and row[0])
+
+
 def test_two_migrators_at_once(fresh_db: str, tmp_path: Path) -> None:
     mig = _slow_migrations(tmp_path / "m")
     url = DatabaseUrl.parse(fresh_db)
@@ -283,7 +300,7 @@ def test_two_migrators_at_once(fresh_db: str, tmp_path: Path) -> None:
 
     t1 = threading.Thread(target=first)
     t1.start()
-    time.sleep(0.4)
+    wait_until(lambda: sleeping_migration(fresh_db), "the first migrator to hold the lock, inside its migration")
     t2 = threading.Thread(target=patient)
     t2.start()
     t0 = time.monotonic()
@@ -306,7 +323,7 @@ def test_lock_leaked_by_a_dead_session_is_reported(fresh_db: str, tmp_path: Path
     holder = psycopg.connect(fresh_db, autocommit=True, application_name="crashed-deployer")
     holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
     pid = holder.info.backend_pid
-    time.sleep(0.6)
+    wait_until(lambda: idle_for(fresh_db, pid, 0.5), "the lock holder to be idle for longer than stale_lock_after")
     with pytest.raises(LockBusy) as busy:
         deploy(url, read_migrations(mig), str(mig), ApplyOptions(wait_for_lock=5, stale_lock_after=0.5))
     text = str(busy.value)
@@ -545,15 +562,8 @@ def test_migrator_killed_mid_migration_releases_the_lock(fresh_db: str, tmp_path
                              "--migrations", str(mig), "--skip-backup", "--reason", "test", "--lint", "off"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with psycopg.connect(fresh_db) as conn:
-                if conn.execute("SELECT to_regclass('_prisma_migrations') IS NOT NULL").fetchone() == (True,) and \
-                        conn.execute("SELECT count(*) FROM _prisma_migrations WHERE migration_name LIKE '%slow'"
-                                     ).fetchone() == (1,):
-                    break
-            time.sleep(0.1)
-        time.sleep(0.3)  # inside pg_sleep now
+        # the slow migration's row is recorded (started) and its script is inside pg_sleep
+        wait_until(lambda: sleeping_migration(fresh_db), "the migration to be inside pg_sleep", timeout=30)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
