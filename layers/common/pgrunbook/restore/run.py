@@ -1,0 +1,260 @@
+"""The restore, step by step (see the package doc for the order and what each step guarantees).
+
+`run_restore` reads as the procedure: refuse a bad request, plan (the archive's companions, the
+target's guards), fetch and prove the archive, check the target again against what the archive
+itself needs, then mark, load, ANALYZE and unmark.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .. import catalog
+from ..archive import ArchiveRef, missing_table_data, table_data_count, toc_extensions, toc_owners, toc_system_acls
+from ..dburl import DatabaseUrl, mask_secrets
+from ..errors import ChecksumMismatch, Interrupted, PgrunbookError, StoreError, UsageError
+from ..manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest
+from ..pgtools import Tool, find_tool
+from ..settings import Settings
+from .fetch import Fetched, UnreadableTar, fetch, scan_plain, toc_of, work_dir
+from .guards import (
+    Needs,
+    TargetInfo,
+    check_target,
+    foreign_owners,
+    inspect_target,
+    needs_of,
+    production_identity,
+    refuse_changed,
+    role_names,
+)
+from .load import analyze, run_pg_restore, run_psql
+from .marks import MARK_FAILED, MARK_IN_PROGRESS, set_mark
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    file: str  # archive path or s3:// URI (.dump, .dump.tar, .sql, .sql.gz; or its .manifest.json)
+    target_url: str | None = None  # default $NEW_DATABASE_URL
+    force: bool = False
+    jobs: int | None = None  # parallel pg_restore jobs (default: CPU count)
+    no_owner: bool = False
+    skip_missing_roles: bool = False  # like no_owner, but only when the target lacks roles (drills)
+    analyze: bool = True
+    work_dir: str | None = None  # where S3 archives are downloaded / tars extracted (default: $TMPDIR)
+    session_settings: Mapping[str, str] | None = None  # overrides RESTORE_SESSION
+
+
+@dataclass
+class RestoreResult:
+    archive: str
+    target: str
+    format: str
+    bytes: int = 0
+    sha256: str = ""
+    jobs: int = 1
+    download_seconds: float = 0.0
+    restore_seconds: float = 0.0
+    analyze_seconds: float = 0.0
+    seconds: float = 0.0
+    tables: int = 0
+    missing_roles: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    manifest: Manifest | None = field(default=None, repr=False)
+
+    def warn(self, message: str) -> None:
+        """Log a warning and keep it in the result (the report shows it)."""
+        log.warning(message)
+        self.warnings.append(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"archive": self.archive, "target": self.target, "format": self.format, "bytes": self.bytes,
+                "sha256": self.sha256, "jobs": self.jobs, "download_seconds": round(self.download_seconds, 3),
+                "restore_seconds": round(self.restore_seconds, 3), "analyze_seconds": round(self.analyze_seconds, 3),
+                "seconds": round(self.seconds, 3), "tables": self.tables, "missing_roles": self.missing_roles,
+                "warnings": self.warnings,
+                "manifest": None if self.manifest is None else self.archive + MANIFEST_SUFFIX}
+
+
+@dataclass
+class _Plan:
+    """What the restore found before fetching the archive, and what it decided from it."""
+
+    ref: ArchiveRef
+    target: DatabaseUrl
+    manifest: Manifest | None
+    fmt: str  # custom | directory-tar | plain
+    expected_sha256: str | None
+    info: TargetInfo
+    allow_no_owner: bool  # --no-owner, or skip_missing_roles
+    no_owner: bool
+    no_acl: bool
+    tool: Tool  # pg_restore, or psql for a plain script
+    result: RestoreResult
+
+    @property
+    def gz(self) -> bool:
+        return self.ref.name.endswith(".gz")
+
+
+def resolve_target(target_url: str | None, settings: Settings) -> DatabaseUrl:
+    return DatabaseUrl.parse(target_url or settings.new_database_url,
+                             what="target database URL (--target-url or NEW_DATABASE_URL)")
+
+
+def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> RestoreResult:
+    """Restore an archive into an empty database, or raise before touching it (see the package doc)."""
+    settings = settings or Settings.from_env()
+    t0 = time.monotonic()
+    ref, target = _request(opts, settings)
+    plan = _plan(ref, target, opts, settings)  # the companions, then the guards on the target
+    with work_dir(opts.work_dir) as work:
+        td = time.monotonic()
+        log.info("fetching the archive", extra={"archive": ref.uri})
+        fetched = _fetch(plan, work)
+        _prove_archive(plan, fetched)  # sha256, manifest, contents; the guards again for what it holds
+        plan.result.download_seconds = time.monotonic() - td
+        refuse_changed(target)  # no other restore got there meanwhile
+        _load_marked(plan, fetched, opts)
+    plan.result.seconds = time.monotonic() - t0
+    log.info("restore finished", extra={"target": target.display(), "seconds": round(plan.result.seconds, 2)})
+    return plan.result
+
+
+def _request(opts: RestoreOptions, settings: Settings) -> tuple[ArchiveRef, DatabaseUrl]:
+    """The archive and target asked for, refusing a request that is not one (exit 2)."""
+    ref = ArchiveRef.from_uri(opts.file)
+    target = resolve_target(opts.target_url, settings)
+    if not opts.force:
+        raise UsageError(f"restore would load {ref.uri} into {target.display()}: pass --force to confirm "
+                         "the target (it must be a new, empty database)")
+    if opts.jobs is not None and opts.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    return ref, target
+
+
+def _plan(ref: ArchiveRef, target: DatabaseUrl, opts: RestoreOptions, settings: Settings) -> _Plan:
+    """The archive's manifest and checksum file, then the target: inspected and checked against what the
+    manifest says the archive needs (nothing written)."""
+    if not ref.store.exists(ref.key):
+        raise StoreError(f"{ref.uri} not found")
+    manifest = ref.manifest()
+    fmt = manifest.archive_format if manifest else ref.format
+    runbook_file = fmt == "plain" and manifest is None
+    expected = ref.expected_sha256()
+    result = RestoreResult(archive=ref.uri, target=target.display(), format=fmt, manifest=manifest)
+    if expected is None:
+        if not runbook_file:
+            raise ChecksumMismatch(f"{ref.uri}{SHA256_SUFFIX} is missing: a pgrunbook backup always has one, so "
+                                   "this backup is incomplete or was tampered with; refusing to restore it")
+        result.warn(f"{ref.name}{SHA256_SUFFIX} is missing: the archive's integrity cannot be checked")
+    if manifest is None and fmt != "plain":
+        raise PgrunbookError(f"{ref.uri}{MANIFEST_SUFFIX} is missing: the backup did not finish; "
+                             "refusing to restore it")
+
+    production = production_identity(settings, result.warn)
+    needs = needs_of(manifest)
+    info = inspect_target(target, needs)
+    allow_no_owner = opts.no_owner or opts.skip_missing_roles
+    verdict = check_target(target, info, needs, allow_no_owner, production)
+    for msg in verdict.warnings:
+        result.warn(msg)
+    result.missing_roles = missing_roles = verdict.missing_roles
+    if missing_roles:
+        result.warn(f"roles missing on the target: {role_names(missing_roles)}; restoring without ownership and "
+                    "without grants (--no-owner)")
+    no_owner = foreign_owners(verdict, opts.no_owner or bool(missing_roles), info, result.warn)
+    no_acl = bool(missing_roles)
+    if runbook_file and opts.no_owner:
+        no_acl = True  # a runbook file does not say which roles its grants need
+        result.warn("--no-owner on a runbook file: ownership and grants are both skipped")
+    tool = find_tool("psql" if fmt == "plain" else "pg_restore",
+                     min_major=max(info.identity.major, needs.source_major or 0), pg_bin=settings.pg_bin)
+    return _Plan(ref=ref, target=target, manifest=manifest, fmt=fmt, expected_sha256=expected, info=info,
+                 allow_no_owner=allow_no_owner, no_owner=no_owner, no_acl=no_acl, tool=tool, result=result)
+
+
+def _fetch(plan: _Plan, work: Path) -> Fetched:
+    try:
+        fetched = fetch(plan.ref, plan.fmt, work)
+    except UnreadableTar as exc:  # damaged bytes break the tar before the hash is compared: compare it here
+        if plan.expected_sha256 is None or exc.sha256 == plan.expected_sha256:
+            raise
+        fetched = Fetched(path=work, sha256=exc.sha256, bytes=0)
+    plan.result.sha256, plan.result.bytes = fetched.sha256, fetched.bytes
+    return fetched
+
+
+def _prove_archive(plan: _Plan, fetched: Fetched) -> None:
+    """The archive is the one its .sha256 and manifest describe and reads to its end; the target can take
+    what it holds (its extensions, owners, grants on system objects)."""
+    ref, manifest, expected = plan.ref, plan.manifest, plan.expected_sha256
+    if expected is not None and fetched.sha256 != expected:
+        raise ChecksumMismatch(f"{ref.name} hashes to {fetched.sha256} but {ref.name}{SHA256_SUFFIX} says "
+                               f"{expected}: the archive is damaged or incomplete; refusing to restore it")
+    if manifest is not None and (manifest.sha256 != fetched.sha256 or manifest.bytes != fetched.bytes):
+        raise ChecksumMismatch(
+            f"the manifest describes a different archive ({manifest.bytes} bytes, sha256 {manifest.sha256}) "
+            f"than {ref.name} ({fetched.bytes} bytes, sha256 {fetched.sha256}): manifest and archive come from "
+            "different backups; refusing to restore")
+    if plan.fmt == "plain":
+        major, exts = scan_plain(fetched.path, gz=plan.gz)
+        needs = Needs(source_major=major, extensions=exts)
+    else:
+        toc = toc_of(plan.tool, fetched.path)
+        if manifest is not None:
+            missing = missing_table_data(manifest, toc)
+            if missing:
+                raise PgrunbookError(f"the archive lacks data for tables in its manifest: {', '.join(missing[:5])}")
+        plan.result.tables = table_data_count(toc)
+        # a version 1 manifest recorded no owners: read them from the archive's entries
+        owners = toc_owners(toc, manifest.roles) if manifest is not None and manifest.owners is None else None
+        needs = Needs(extensions=toc_extensions(toc), owners=owners, system_acls=toc_system_acls(toc))
+    verdict = check_target(plan.target, plan.info, needs, plan.allow_no_owner)
+    plan.no_owner = foreign_owners(verdict, plan.no_owner, plan.info, plan.result.warn)
+
+
+def _load_marked(plan: _Plan, fetched: Fetched, opts: RestoreOptions) -> None:
+    """Mark the target, load, ANALYZE, unmark; on any failure or interruption (the tools already stopped)
+    the mark says FAILED and why, and the exception goes on."""
+    ref, target, result = plan.ref, plan.target, plan.result
+    jobs = opts.jobs or os.cpu_count() or 1
+    session = {**plan.info.session_extras, **(opts.session_settings or {})}
+    result.jobs = 1 if plan.fmt == "plain" else jobs
+    major = plan.info.identity.major
+    try:
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        set_mark(target, f"{MARK_IN_PROGRESS} (from {ref.uri}, started {started})")
+        tr = time.monotonic()
+        log.info("restoring", extra={"archive": ref.uri, "target": target.display(), "format": plan.fmt,
+                                     "jobs": result.jobs})
+        if plan.fmt == "plain":
+            run_psql(plan.tool, target, fetched.path, plan.gz, plan.no_owner, plan.no_acl, session, major)
+        else:
+            run_pg_restore(plan.tool, target, fetched.path, jobs, plan.no_owner, plan.no_acl, session, major)
+        result.restore_seconds = time.monotonic() - tr
+        if opts.analyze:
+            result.analyze_seconds = analyze(target, jobs)
+    except BaseException as exc:
+        if isinstance(exc, Interrupted):
+            reason = f"interrupted by {exc.signal_name}"
+        else:
+            reason = str(exc) if isinstance(exc, PgrunbookError) else f"{type(exc).__name__}: {exc}"
+        set_mark(target, f"{MARK_FAILED} ({datetime.now(UTC).isoformat(timespec='seconds')}, "
+                         f"from {ref.uri}): {mask_secrets(reason)[:900]}")
+        if isinstance(exc, Interrupted):
+            db = catalog.ident(target.dbname)
+            exc.detail = (f"the restore into {target.display()} was stopped and the target is marked FAILED "
+                          f"(interrupted); drop and recreate it (DROP DATABASE {db}; CREATE DATABASE {db}) "
+                          "before restoring again")
+        raise
+    set_mark(target, None, only_if_ours=True)
