@@ -9,11 +9,12 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean help sam-build
+.PHONY: setup demo test unit lint bench clean help sam-build
 
 help:
 	@echo "make demo   - run the pipeline on this machine (local Postgres, local S3)"
 	@echo "make test   - run the test suite"
+	@echo "make unit   - the unit tests only: no PostgreSQL, no network, under 30 s"
 	@echo "make lint   - ruff, mypy and the template/state-machine checks"
 	@echo "make bench  - benchmarks against the runbook's own commands (builds a ~1.2 GB database)"
 	@echo "make setup  - create $(VENV) and install everything"
@@ -37,6 +38,10 @@ demo: setup
 test: setup
 	$(BIN)/pytest
 
+# tests/unit needs no PostgreSQL server and no network (tests/unit/conftest.py refuses both)
+unit: setup
+	$(BIN)/pytest tests/unit -q
+
 # checkov and statelint pin heavy dependencies: they live in their own venv, not in .venv
 TOOLS       ?= .venv-tools
 TOOLS_STAMP  = $(TOOLS)/.installed
@@ -49,7 +54,7 @@ $(TOOLS_STAMP): Makefile
 
 lint: setup $(TOOLS_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy
+	$(BIN)/mypy  # pyproject [tool.mypy]: the package, functions/, scripts/ and tests/
 	$(BIN)/cfn-lint template.yaml
 	$(PY) scripts/check_asl.py --statelint $(TOOLS)/bin/statelint
 	$(TOOLS)/bin/checkov --file template.yaml --file Dockerfile --framework cloudformation dockerfile \

@@ -33,7 +33,7 @@ def spy_deploys(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ApplyOptions
         real = module.deploy
 
         def recording(*args: Any, _real: Any = real, _where: str = module.__name__, **kwargs: Any) -> Any:
-            calls.append((_where, kwargs.get("options", args[3] if len(args) > 3 else None)))
+            calls.append((_where, kwargs["options"] if "options" in kwargs else args[3]))
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(module, "deploy", recording)
@@ -45,7 +45,7 @@ def test_every_apply_option_reaches_the_rehearsal_and_the_real_run(
     dest = tmp_path / "backups"
     run_backup(BackupOptions(database_url=fresh_db, dest=str(dest), kind="scheduled", jobs=1))
     mig = write(tmp_path / "m", {"20260101000000_init": INIT})
-    given = ExtendedOptions(lock_timeout="7s", statement_timeout="9min", wait_for_lock=3.5,  # type: ignore[call-arg]
+    given = ExtendedOptions(lock_timeout="7s", statement_timeout="9min", wait_for_lock=3.5,
                             stale_lock_after=77.0, schema="public", added_later="kept")
     calls = spy_deploys(monkeypatch)
     report = run_migrate(MigrateOptions(database_url=fresh_db, migrations_dir=str(mig), backup_to=str(dest),
@@ -54,7 +54,7 @@ def test_every_apply_option_reaches_the_rehearsal_and_the_real_run(
     assert report.outcome == "applied" and report.rehearsal is not None and report.rehearsal.ok
     assert [where for where, _ in calls] == ["pgrunbook.migrations.rehearse", "pgrunbook.migrations.pipeline"]
     for where, used in calls:
-        assert type(used) is ExtendedOptions, where
+        assert isinstance(used, ExtendedOptions) and type(used) is ExtendedOptions, where
         for f in dataclasses.fields(given):
             if f.name == "observer" and where.endswith("rehearse"):
                 assert used.observer is not None  # the rehearsal adds its lock observer, nothing else

@@ -179,8 +179,8 @@ def test_failed_migration_blocks_deploys_until_resolved(fresh_db: str, tmp_path:
 
     code, out, err = migrate(capsys, fresh_db, mig)
     assert code == 0, err
-    history = rows(fresh_db)
-    assert [(r["migration_name"], r["finished_at"] is not None, r["rolled_back_at"] is not None) for r in history] == [
+    recorded = rows(fresh_db)
+    assert [(r["migration_name"], r["finished_at"] is not None, r["rolled_back_at"] is not None) for r in recorded] == [
         ("20260101000000_init", True, False), ("20260102000000_broken", False, True),
         ("20260102000000_broken", True, False), ("20260103000000_later", True, False)]
 

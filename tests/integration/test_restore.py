@@ -94,7 +94,7 @@ def test_no_force_exit_2(sample_backup: BackupResult, fresh_db: str, monkeypatch
 ])
 def test_non_empty_target_refused(ddl: str, sample_backup: BackupResult, fresh_db: str) -> None:
     with psycopg.connect(fresh_db, autocommit=True) as conn:
-        conn.execute(ddl)  # type: ignore[call-overload]
+        conn.execute(ddl)
     before = user_relations(fresh_db)
     with pytest.raises(PgrunbookError, match="is not empty") as err:
         run_restore(RestoreOptions(file=sample_backup.archive, target_url=fresh_db, force=True), SETTINGS)
@@ -276,7 +276,7 @@ def test_failed_load_names_object_and_marks_target(fmt: str, pg_server: LocalSer
     # Given a backup whose data the target will reject part-way (a CHECK that the target's settings make fail)
     with new_db(pg_server, "strict") as source, new_db(pg_server) as target:
         with psycopg.connect(source, autocommit=True) as conn:
-            conn.execute(STRICT_SOURCE)  # type: ignore[call-overload]
+            conn.execute(STRICT_SOURCE)
         if fmt == "plain":
             archive = str(tmp_path / "strict.sql.gz")
             run_backup(BackupOptions(database_url=source, out=archive), SETTINGS)
@@ -284,7 +284,7 @@ def test_failed_load_names_object_and_marks_target(fmt: str, pg_server: LocalSer
             archive = _backup(source, tmp_path, jobs=1).archive
         dbname = target.rsplit("/", 1)[1]
         with psycopg.connect(target, autocommit=True) as conn:
-            conn.execute(f"ALTER DATABASE {dbname} SET app.strict = 'on'")  # type: ignore[call-overload]
+            conn.execute(f"ALTER DATABASE {dbname} SET app.strict = 'on'")
         # When restored
         rc = main(["restore", "--file", archive, "--target-url", target, "--force"])
         err = capsys.readouterr().err
@@ -301,10 +301,10 @@ def test_failed_load_names_object_and_marks_target(fmt: str, pg_server: LocalSer
 def test_failed_restore_raises_restore_failed(pg_server: LocalServer, tmp_path: Path) -> None:
     with new_db(pg_server, "strict") as source, new_db(pg_server) as target:
         with psycopg.connect(source, autocommit=True) as conn:
-            conn.execute(STRICT_SOURCE)  # type: ignore[call-overload]
+            conn.execute(STRICT_SOURCE)
         archive = _backup(source, tmp_path, jobs=2).archive
         with psycopg.connect(target, autocommit=True) as conn:
-            conn.execute(f"ALTER DATABASE {target.rsplit('/', 1)[1]} SET app.strict = 'on'")  # type: ignore[call-overload]
+            conn.execute(f"ALTER DATABASE {target.rsplit('/', 1)[1]} SET app.strict = 'on'")
         with pytest.raises(RestoreFailed, match=r"z_checked.*violates check constraint"):
             run_restore(RestoreOptions(file=archive, target_url=target, force=True, jobs=2), SETTINGS)
 

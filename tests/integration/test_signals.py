@@ -73,9 +73,9 @@ def big_backup(pg_server: LocalServer, tmp_path_factory: pytest.TempPathFactory,
     url = create_db(pg_server, "big")
     with psycopg.connect(url, autocommit=True) as conn:
         for table in ("a", "b"):
-            conn.execute(f"CREATE TABLE {table} AS SELECT i AS id, md5(i::text) AS v "  # type: ignore[arg-type]
+            conn.execute(f"CREATE TABLE {table} AS SELECT i AS id, md5(i::text) AS v "
                          "FROM generate_series(1, 400000) i")
-            conn.execute(f"CREATE INDEX ON {table} (v)")  # type: ignore[arg-type]
+            conn.execute(f"CREATE INDEX ON {table} (v)")
     folder = tmp_path_factory.mktemp("big-backup")
     result: BackupResult = run_backup(BackupOptions(database_url=url, dest=str(folder), jobs=1),
                                       Settings.from_env({}))
@@ -109,7 +109,7 @@ def stop(proc: subprocess.Popen[str], sig: int, tool: str = "pg_dump", at_least:
     assert [t.name() for t in tools].count(tool) >= at_least, [t.name() for t in tools]
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == EXIT[sig], err
+    assert proc.returncode == EXIT[signal.Signals(sig)], err
     if sig != signal.SIGKILL:
         line = one_error_line(err)
         assert line.startswith(f"pgrunbook: error: interrupted by {signal.Signals(sig).name}: "), line
@@ -266,8 +266,8 @@ def test_fargate_task_sigterm_writes_an_interrupted_result(locked_db: tuple[str,
                            aws_access_key_id="testing", aws_secret_access_key="testing",
                            aws_session_token="testing")
     secret = secrets.create_secret(Name=f"db-{uuid.uuid4().hex[:8]}", SecretString=json.dumps({
-        "username": parts["user"], "password": parts["password"], "host": parts["host"], "port": int(parts["port"]),
-        "dbname": parts["dbname"]}))["ARN"]
+        "username": parts["user"], "password": parts["password"], "host": parts["host"],
+        "port": int(str(parts["port"])), "dbname": parts["dbname"]}))["ARN"]
     prefix = f"task-{uuid.uuid4().hex[:8]}"
     key = f"_tasks/{prefix}/backup-app.json"
     env = cli_env(**s3_env, PGRUNBOOK_OPERATION="backup", PGRUNBOOK_RESULT_KEY=key,
@@ -313,7 +313,7 @@ def test_lambda_handler_stops_itself_before_its_deadline(thread: str, locked_db:
         aws.client("s3").create_bucket(Bucket="deadline")
         secret = aws.client("secretsmanager").create_secret(Name="db", SecretString=json.dumps({
             "username": parts["user"], "password": parts["password"], "host": parts["host"],
-            "port": int(parts["port"]), "dbname": parts["dbname"]}))["ARN"]
+            "port": int(str(parts["port"])), "dbname": parts["dbname"]}))["ARN"]
         monkeypatch.setenv("PGRUNBOOK_DATABASES", json.dumps([{"name": "app", "secret_arn": secret,
                                                                 "dbname": parts["dbname"]}]))
         monkeypatch.setenv("PGRUNBOOK_BACKUP_DEST", "s3://deadline")

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,7 +88,7 @@ def test_checks_catch_broken_definitions(tmp_path: Path, edit: str, message: str
 
 
 def test_structure_rules_on_a_minimal_definition() -> None:
-    ok = {"StartAt": "T", "States": {
+    ok: dict[str, Any] = {"StartAt": "T", "States": {
         "T": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:1:function:x", "TimeoutSeconds": 5,
               "Retry": [{"ErrorEquals": ["States.ALL"]}], "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "N"}],
               "End": True},

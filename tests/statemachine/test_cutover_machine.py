@@ -236,7 +236,7 @@ def test_approved_cutover_switches_rolls_proves_and_keeps_the_old_database_read_
         report = ex.output["cutover"]
         assert report["outcome"] == "cut over" and report["stragglers"] == {}
         subject, message = s.cloud.notifications()[-1]
-        assert subject.startswith("pgrunbook cutover (cut over) app: verified")
+        assert (subject or "").startswith("pgrunbook cutover (cut over) app: verified")
         assert "pgrunbook cutover: CUT OVER" in message and "sessions moved" in message
         assert s.dbs.password not in json.dumps(ex.output) and pg_server.password not in message
 
@@ -264,7 +264,7 @@ def test_alarm_during_the_soak_rolls_back_through_the_webhook(pg_server: LocalSe
         rollback = ex.task_outputs("Rollback")[0]["rollback"]
         assert rollback["outcome"] == "rolled back" and rollback["rollback"]["ok"] is True
         subject, message = s.cloud.notifications()[-1]
-        assert subject.startswith("pgrunbook cutover (rolled back) app: FAILED")
+        assert (subject or "").startswith("pgrunbook cutover (rolled back) app: FAILED")
         assert "ROLLED BACK" in message and f"alarm {s.alarm}" in message
 
 
@@ -361,4 +361,4 @@ def test_freeze_then_a_failed_final_restore_lifts_the_freeze_and_switches_nothin
         assert s.dbs.old in str(s.app.database)
         assert database_exists(pg_server, candidate_of(ex))  # the approved candidate is kept
         subject, message = s.cloud.notifications()[-1]
-        assert subject.startswith("pgrunbook cutover (refused) app: FAILED") and "NOT CUT OVER" in message
+        assert (subject or "").startswith("pgrunbook cutover (refused) app: FAILED") and "NOT CUT OVER" in message

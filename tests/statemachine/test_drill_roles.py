@@ -106,7 +106,7 @@ def report(cloud: LocalCloud, arn: str) -> dict[str, Any]:
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=cloud.bucket, Prefix="_reports/restore/app/")["Contents"]]
     found = [json.loads(s3.get_object(Bucket=cloud.bucket, Key=k)["Body"].read()) for k in keys]
     (mine,) = [r for r in found if r["execution"] == arn]
-    return mine
+    return dict(mine)
 
 
 def test_the_original_error_survives_a_failed_teardown(stack: LocalCloud, roles: Roles,

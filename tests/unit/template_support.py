@@ -26,7 +26,7 @@ REQUIRED = {"DatabasesJson": "[]",
 
 
 def raw_template() -> dict[str, Any]:
-    return json.loads(json.dumps(load_template()))
+    return dict(json.loads(json.dumps(load_template())))
 
 
 @cache

@@ -6,7 +6,7 @@ TreatMissingData) on the gauges the real code emits hour by hour for a fresh and
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,7 +82,8 @@ def test_every_alarm_watches_a_metric_the_functions_emit(stack: str, capsys: pyt
     metrics = emitted(capsys.readouterr().out)
     assert metrics, "the metrics action printed no EMF"
     alarms = custom_alarms()
-    assert {"NoRecentBackupAlarm", "NoRecentVerifiedDrillAlarm", "PitrWindowTooShortAlarm", "PitrLagAlarm"} <= set(alarms)
+    assert {"NoRecentBackupAlarm", "NoRecentVerifiedDrillAlarm", "PitrWindowTooShortAlarm",
+            "PitrLagAlarm"} <= set(alarms)
     for lid, props in alarms.items():
         dims = frozenset((d["Name"], str(d["Value"])) for d in props.get("Dimensions", []))
         assert (props["Namespace"], props["MetricName"], dims) in metrics, (lid, sorted(metrics))
@@ -97,7 +98,7 @@ def evaluate(alarm: dict[str, Any], points: list[float | None]) -> str:
     DatapointsToAlarm of them breach; missing periods count per TreatMissingData."""
     n, m = int(alarm["EvaluationPeriods"]), int(alarm.get("DatapointsToAlarm", alarm["EvaluationPeriods"]))
     window = points[-n:]
-    ops = {"GreaterThanThreshold": lambda v: v > alarm["Threshold"],
+    ops: dict[str, Callable[[float], bool]] = {"GreaterThanThreshold": lambda v: v > alarm["Threshold"],
            "LessThanThreshold": lambda v: v < alarm["Threshold"]}
     breach = ops[alarm["ComparisonOperator"]]
     missing = alarm.get("TreatMissingData", "missing")
