@@ -4,14 +4,17 @@ the classes of pgrunbook.errors are what Retry/Catch route on.
 
 - Backup and Migrate: LockTimeout (a table lock held past the backup's lock wait: nothing written) is
   retried once, five minutes later; a second LockTimeout fails that database / the run as before.
-- Restore: a damaged archive (ChecksumMismatch, ArchiveCorrupt) is reported under its name and never
-  retried (another attempt reads the same bytes); the target is torn down.
+- Restore: a damaged archive is reported under its own name (ChecksumMismatch when its bytes are not
+  the ones written, ArchiveCorrupt when they are but do not read — was the bare PgrunbookError),
+  never retried (another attempt reads the same bytes), and the target is torn down.
 
 moto sleeps a Retry's IntervalSeconds for real; the `retry_waits` fixture records the interval instead
 (the route is the ASL's, only the five minutes are not spent) and lets the test act at that moment."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -131,3 +134,34 @@ def _backed_up(cloud: LocalCloud) -> dict[str, Any]:
     assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
     result: dict[str, Any] = ex.output["results"][0]["result"]
     return result
+
+
+def test_restore_reports_an_archive_that_does_not_read_as_archive_corrupt(stack: tuple[LocalCloud, str],
+                                                                          pg_server: LocalServer) -> None:
+    """The archive, its .sha256 and its manifest agree (it is what the backup wrote), but it is not a
+    pg_dump archive: ArchiveCorrupt, one attempt, reported and torn down."""
+    cloud, _ = stack
+    archive = _backed_up(cloud)["archive"]
+    key = archive[len(f"s3://{cloud.bucket}/"):]
+    s3 = aws.client("s3")
+    garbage = b"PGDMP but not really " * 500
+    digest = hashlib.sha256(garbage).hexdigest()
+    manifest = json.loads(s3.get_object(Bucket=cloud.bucket, Key=key + ".manifest.json")["Body"].read())
+    manifest["archive"].update(sha256=digest, bytes=len(garbage))
+    s3.put_object(Bucket=cloud.bucket, Key=key, Body=garbage)
+    s3.put_object(Bucket=cloud.bucket, Key=key + ".sha256", Body=f"{digest}  {key.rsplit('/', 1)[1]}\n".encode())
+    s3.put_object(Bucket=cloud.bucket, Key=key + ".manifest.json", Body=json.dumps(manifest).encode())
+    seen = len(cloud.notifications())
+    ex = cloud.run("RestoreStateMachine", {"database": "app", "backup": archive, "mode": "drill"})
+    assert ex.status == "FAILED" and ex.error == "ArchiveCorrupt", (ex.error, ex.cause)
+    assert "the archive does not read" in (ex.cause or "") and "\n" not in (ex.cause or "")
+    assert failures(ex) == ["ArchiveCorrupt"]  # not retried
+    entered = ex.states_entered()
+    assert entered[entered.index("RestoreOnLambda"):] == ["RestoreOnLambda", "FailureReport", "FailureTeardown",
+                                                          "Failed"]
+    (target,) = [e for e in ex.task_outputs("Provision")]
+    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
+                            (target["target"]["dbname"],)).fetchone() == (0,)
+    (subject, message), = cloud.notifications()[seen:]
+    assert subject == "pgrunbook drill app: FAILED" and "error: ArchiveCorrupt: the archive does not read" in message

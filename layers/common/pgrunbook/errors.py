@@ -187,6 +187,15 @@ class ArchiveCorrupt(PgrunbookError):
     backup. Nothing was restored from it; a retry reads the same bytes."""
 
 
+class UnreadableTar(ArchiveCorrupt):
+    """A `.dump.tar` that does not extract; `sha256` of all its bytes tells whether it is the archive that was
+    written (a damaged one is a ChecksumMismatch, said as such)."""
+
+    def __init__(self, message: str, sha256: str) -> None:
+        super().__init__(message)
+        self.sha256 = sha256
+
+
 class ManifestMissing(PgrunbookError):
     """The archive's .manifest.json is missing (the backup did not finish, or the URI is not a backup)."""
 

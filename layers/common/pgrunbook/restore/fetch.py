@@ -20,7 +20,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from ..archive import CHUNK, PLAIN_HEADER, PLAIN_TRAILER, ArchiveRef, HashingReader, TocEntry, parse_toc
-from ..errors import PgrunbookError
+from ..errors import ArchiveCorrupt, NotEnoughSpace
+from ..errors import UnreadableTar as UnreadableTar  # re-exported: restore.run catches it
 from ..pgtools import Tool, guard_path, run_captured, tool_env
 from ..store import LocalStore
 
@@ -59,15 +60,6 @@ def _copy_hashing(stream: IO[bytes], dest: Path | None) -> HashingReader:
     return reader
 
 
-class UnreadableTar(PgrunbookError):
-    """A `.dump.tar` that does not extract; `sha256` of all its bytes tells whether it is the archive that was
-    written (a damaged one is a ChecksumMismatch, said as such)."""
-
-    def __init__(self, message: str, sha256: str) -> None:
-        super().__init__(message)
-        self.sha256 = sha256
-
-
 def _extract_tar(stream: IO[bytes], dest: Path) -> HashingReader:
     """Extract a pg_dump directory packed as a flat tar, hashing every byte of the tar."""
     reader = HashingReader(stream)
@@ -77,7 +69,7 @@ def _extract_tar(stream: IO[bytes], dest: Path) -> HashingReader:
             for member in tar:
                 name = PurePosixPath(member.name)
                 if not member.isfile() or len(name.parts) != 1 or name.name in ("", ".", ".."):
-                    raise PgrunbookError(f"the archive holds an unexpected entry {member.name!r}")
+                    raise ArchiveCorrupt(f"the archive holds an unexpected entry {member.name!r}")
                 data = tar.extractfile(member)
                 assert data is not None
                 with open(dest / name.name, "wb") as out:
@@ -113,13 +105,13 @@ def scan_plain(path: Path, gz: bool) -> tuple[int | None, set[str]]:
             if inflater is not None:
                 tail = (tail + inflater.flush())[-400:]
                 if not inflater.eof:
-                    raise PgrunbookError("the archive does not read: the gzip stream is truncated")
+                    raise ArchiveCorrupt("the archive does not read: the gzip stream is truncated")
         except zlib.error as exc:
-            raise PgrunbookError(f"the archive does not read: the gzip stream is corrupt ({exc})") from None
+            raise ArchiveCorrupt(f"the archive does not read: the gzip stream is corrupt ({exc})") from None
     if PLAIN_HEADER not in head:
-        raise PgrunbookError("the archive does not read: not a pg_dump SQL script (no header)")
+        raise ArchiveCorrupt("the archive does not read: not a pg_dump SQL script (no header)")
     if PLAIN_TRAILER not in tail:
-        raise PgrunbookError("the archive does not read: the SQL script is truncated (no 'dump complete' trailer)")
+        raise ArchiveCorrupt("the archive does not read: the SQL script is truncated (no 'dump complete' trailer)")
     match = _DUMPED_FROM.search(head)
     exts.discard("plpgsql")
     return (int(match[1]) if match else None), exts
@@ -130,7 +122,7 @@ def toc_of(pg_restore: Tool, path: Path) -> list[TocEntry]:
     stderr = proc.stderr.decode("utf-8", "replace")
     if proc.returncode != 0:
         detail = next((ln for ln in stderr.splitlines() if "error" in ln.lower()), stderr.strip())
-        raise PgrunbookError(f"the archive does not read: {detail.removeprefix('pg_restore: error: ')}")
+        raise ArchiveCorrupt(f"the archive does not read: {detail.removeprefix('pg_restore: error: ')}")
     return parse_toc(proc.stdout.decode("utf-8", "replace"))
 
 
@@ -140,7 +132,7 @@ def fetch(ref: ArchiveRef, fmt: str, work: Path) -> Fetched:
     if not local or fmt == "directory-tar":
         free = shutil.disk_usage(work).free
         if free < size * 1.05 + 64 * 1024 * 1024:
-            raise PgrunbookError(f"not enough free space in {work} for the {size} byte archive "
+            raise NotEnoughSpace(f"not enough free space in {work} for the {size} byte archive "
                                  "(set PGRUNBOOK_WORK_DIR or --work-dir to a larger disk)")
     with contextlib.closing(ref.open()) as stream:
         if fmt == "directory-tar":

@@ -19,7 +19,7 @@ from typing import Any
 from .. import catalog
 from ..archive import ArchiveRef, missing_table_data, table_data_count, toc_extensions, toc_owners, toc_system_acls
 from ..dburl import DatabaseUrl, mask_secrets
-from ..errors import ChecksumMismatch, Interrupted, PgrunbookError, StoreError, UsageError
+from ..errors import ArchiveCorrupt, ChecksumMismatch, Interrupted, PgrunbookError, StoreError, UsageError
 from ..manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest
 from ..pgtools import Tool, find_tool
 from ..settings import Settings
@@ -188,7 +188,7 @@ def _fetch(plan: _Plan, work: Path) -> Fetched:
         fetched = fetch(plan.ref, plan.fmt, work)
     except UnreadableTar as exc:  # damaged bytes break the tar before the hash is compared: compare it here
         if plan.expected_sha256 is None or exc.sha256 == plan.expected_sha256:
-            raise
+            raise ArchiveCorrupt(str(exc)) from None  # the bytes written: the archive itself does not read
         fetched = Fetched(path=work, sha256=exc.sha256, bytes=0)
     plan.result.sha256, plan.result.bytes = fetched.sha256, fetched.bytes
     return fetched
