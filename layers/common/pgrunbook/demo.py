@@ -55,7 +55,7 @@ from psycopg import sql
 
 from . import aws
 from .dburl import DatabaseUrl, mask_secrets
-from .errors import PgrunbookError, UsageError
+from .errors import DemoFailed, PgrunbookError, UsageError
 from .localpg import RESTORE_TUNED, LocalServer
 
 log = logging.getLogger(__name__)
@@ -504,7 +504,7 @@ class DemoStack:
                 if run.status != "RUNNING" or (until is not None and until(run)):
                     break
                 if time.monotonic() > deadline:
-                    raise PgrunbookError(f"{run.name} still running after {timeout:.0f} s")
+                    raise DemoFailed(f"{run.name} still running after {timeout:.0f} s")
                 time.sleep(0.2)
         finally:
             bars.close()
@@ -791,10 +791,10 @@ def run_demo(cfg: DemoConfig, *, approve: str = "auto", narrator: Narrator | Non
         out = restore.output or {}
         decision = out.get("approval") or {}
         if decision.get("decision") == "rejected":
-            raise PgrunbookError(f"the cutover was rejected by {decision.get('approver')}: nothing was switched "
+            raise DemoFailed(f"the cutover was rejected by {decision.get('approver')}: nothing was switched "
                                  "and the candidate was torn down")
         if (out.get("cutover") or {}).get("outcome") != "cut over":
-            raise PgrunbookError(f"the cutover did not happen: {(out.get('cutover') or {}).get('outcome')}")
+            raise DemoFailed(f"the cutover did not happen: {(out.get('cutover') or {}).get('outcome')}")
         facts["restore"] = out
 
         # ---- the end state of the cutover, checked from outside
@@ -805,7 +805,7 @@ def run_demo(cfg: DemoConfig, *, approve: str = "auto", narrator: Narrator | Non
         say(f"   end state: secret AWSCURRENT {version[:8]} names the new database: {app_on_new}; app /ready "
             f"{ready} on {body.get('database')}; old database read-only: {old_read_only}")
         if not (app_on_new and ready == 200 and old_read_only):
-            raise PgrunbookError("the cutover's end state does not hold (see the line above)")
+            raise DemoFailed("the cutover's end state does not hold (see the line above)")
 
         # ---- Migrate
         stack.repoint(targets, APP_DB)
@@ -821,7 +821,7 @@ def run_demo(cfg: DemoConfig, *, approve: str = "auto", narrator: Narrator | Non
         columns = [r[0] for r in stack.query(targets, APP_DB, "SELECT column_name FROM information_schema.columns "
                                                               "WHERE table_name = 'User' ORDER BY ordinal_position")]
         if "displayName" not in columns:
-            raise PgrunbookError("the expand migration's column is missing on the new database")
+            raise DemoFailed("the expand migration's column is missing on the new database")
         facts["migrate"] = migrate.output
         facts["applied"] = applied
         stack.load.stop()
@@ -838,7 +838,7 @@ def run_demo(cfg: DemoConfig, *, approve: str = "auto", narrator: Narrator | Non
 def _require(run: MachineRun, say: Callable[..., None]) -> None:
     if run.status != "SUCCEEDED":
         say(f"   {run.name} {run.status}: {run.error}: {_one_line(run.cause, 400)}")
-        raise PgrunbookError(f"the {run.name} state machine {run.status} ({run.error}: {_one_line(run.cause, 300)})")
+        raise DemoFailed(f"the {run.name} state machine {run.status} ({run.error}: {_one_line(run.cause, 300)})")
     say(f"   {run.name} SUCCEEDED in {run.seconds:.1f} s")
 
 
