@@ -54,7 +54,8 @@ def cloud(stack: LocalCloud) -> Run:
     return Run(stack)
 
 
-def upload(cloud: Run, version: str, migrations: dict[str, str]) -> str:
+def upload(cloud: Run | LocalCloud, version: str, migrations: dict[str, str]) -> str:
+    """Upload a release's migrations where the CI release step puts them; their s3:// prefix."""
     prefix = f"_releases/{version}/migrations"
     s3 = aws.client("s3")
     s3.put_object(Bucket=cloud.bucket, Key=f"{prefix}/migration_lock.toml", Body=b'provider = "postgresql"\n')

@@ -27,6 +27,7 @@ from pgrunbook.local import Execution, LocalCloud, LocalDatabase
 from pgrunbook.localpg import LocalServer
 from pgrunbook.sample import SAMPLE_MIGRATIONS, create_sample_database
 from tests.fixtures.processes import Locker
+from tests.integration.test_migrate_statemachine import upload
 
 LOCKED_TABLE = "User"
 
@@ -97,15 +98,6 @@ def test_backup_fails_the_database_after_a_second_lock_timeout(stack: tuple[Loca
     assert "app: LockTimeout: " in (ex.cause or "") and f"pid {locker.pid}" in (ex.cause or "")
     (_, message), = cloud.notifications()
     assert "FAILED  app" in message
-
-
-def upload(cloud: LocalCloud, version: str, migrations: dict[str, str]) -> str:
-    prefix = f"_releases/{version}/migrations"
-    s3 = aws.client("s3")
-    s3.put_object(Bucket=cloud.bucket, Key=f"{prefix}/migration_lock.toml", Body=b'provider = "postgresql"\n')
-    for name, sql in migrations.items():
-        s3.put_object(Bucket=cloud.bucket, Key=f"{prefix}/{name}/migration.sql", Body=sql.encode())
-    return f"s3://{cloud.bucket}/{prefix}/"
 
 
 def test_migrate_retries_the_pre_migration_backup_after_a_lock_timeout(stack: tuple[LocalCloud, str],
