@@ -14,10 +14,11 @@ from typing import Any
 
 from pgrunbook.approval.apigw import handle
 from pgrunbook.lambda_support import powertools
+from pgrunbook.settings import Settings
 
 tools = powertools()
 
 
 @tools.handler(log_event=False)
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return handle(event)
+def lambda_handler(event: dict[str, Any], context: Any, settings: Settings) -> dict[str, Any]:
+    return handle(event, settings)

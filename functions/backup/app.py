@@ -18,10 +18,10 @@ tools = powertools()
 
 
 @tools.handler()
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: Any, settings: Settings) -> dict[str, Any]:
     ev = BackupEvent.parse(event)
     try:
-        result = operations.backup(ev, Settings.from_env())
+        result = operations.backup(ev, settings)
     except BaseException:  # also Interrupted (SIGTERM, the deadline watchdog): a KeyboardInterrupt
         emit_metrics(tools.metrics, ev.database, {"BackupFailed": (1, "Count")})
         raise

@@ -9,10 +9,8 @@ Metrics (dimension Database): CutoverSucceeded, CutoverRolledBack, CutoverRollba
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from pgrunbook.cutover.config import CutoverConfig
 from pgrunbook.cutover.steps import handle
 from pgrunbook.lambda_support import emit_metrics, powertools
 from pgrunbook.settings import Settings
@@ -21,8 +19,8 @@ tools = powertools()
 
 
 @tools.handler(log_event=False)
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    result = handle(event, CutoverConfig.from_env(os.environ), Settings.from_env())
+def lambda_handler(event: dict[str, Any], context: Any, settings: Settings) -> dict[str, Any]:
+    result = handle(event, settings.cutover, settings)
     action = event.get("action")
     database = ((event.get("state") or {}).get("plan") or {}).get("database")
     if action in ("finish", "rollback"):

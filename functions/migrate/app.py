@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgrunbook.events import MigrateEvent
-from pgrunbook.lambda_support import database_config, database_url, described_error, emit_metrics, powertools
+from pgrunbook.lambda_support import database_url, described_error, emit_metrics, powertools
 from pgrunbook.migrations.service import handle
 from pgrunbook.settings import Settings
 
@@ -26,13 +26,13 @@ tools = powertools()
 
 
 @tools.handler()
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: Any, settings: Settings) -> dict[str, Any]:
     if isinstance(event, dict) and event.get("action") == "describe-error":
         return described_error(event.get("error"))
     ev = MigrateEvent.parse(event)
-    url = database_url(database_config(ev.database))
+    url = database_url(settings.database(ev.database))
     try:
-        result = handle(ev, url, Settings.from_env())
+        result = handle(ev, url, settings)
     except Exception:
         if ev.action == "apply":
             emit_metrics(tools.metrics, ev.database, {"MigrationFailed": (1, "Count")})

@@ -20,9 +20,8 @@ tools = powertools()
 
 
 @tools.handler()
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: Any, settings: Settings) -> dict[str, Any]:
     action = event.get("action") if isinstance(event, dict) else None
-    settings = Settings.from_env()
     if action == "backup":
         return operations.plan_backup(BackupPlanEvent.parse(event.get("input") or {}), settings)
     if action == "restore":

@@ -2,7 +2,10 @@
 
 Events: {"action": "create", "database": "app", "spec": {"kind": "database"|"rds", ...}, "execution": "..."}
         {"action": "status", "target": TargetRef}   {"action": "delete", "target": TargetRef | null}
-Returns a TargetRef (no password: credentials stay in Secrets Manager).
+        {"action": "finish", "target": TargetRef, "polls": 0}  (a kept target: production settings)
+Returns a TargetRef (no password: credentials stay in Secrets Manager); finish returns
+{"status": "modifying"|"ready", "polls", "settings"}. Every action returns at once (the state machine
+polls); an RDS target goes through the one RDS provisioner (pgrunbook.provision.rds).
 """
 
 from __future__ import annotations
@@ -18,5 +21,5 @@ tools = powertools()
 
 
 @tools.handler()
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return operations.provision(ProvisionEvent.parse(event), Settings.from_env())
+def lambda_handler(event: dict[str, Any], context: Any, settings: Settings) -> dict[str, Any]:
+    return operations.provision(ProvisionEvent.parse(event), settings)

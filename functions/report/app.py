@@ -21,9 +21,8 @@ tools = powertools()
 
 
 @tools.handler(log_event=False)
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: Any, settings: Settings) -> dict[str, Any]:
     ev = ReportEvent.parse(event)
-    settings = Settings.from_env()
     if ev.action == "backup-summary":
         return reporting.backup_summary(ev.data, settings)
     if ev.action == "restore-report":

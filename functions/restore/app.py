@@ -17,9 +17,9 @@ tools = powertools()
 
 
 @tools.handler()
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: Any, settings: Settings) -> dict[str, Any]:
     ev = RestoreEvent.parse(event)
-    result = operations.restore(ev, Settings.from_env())
+    result = operations.restore(ev, settings)
     database = event.get("database") if isinstance(event.get("database"), str) else ev.target.name
     emit_metrics(tools.metrics, database, {"RestoreSeconds": (float(result.get("seconds") or 0.0), "Seconds")})
     return result

@@ -18,9 +18,9 @@ tools = powertools()
 
 
 @tools.handler()
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: Any, settings: Settings) -> dict[str, Any]:
     ev = VerifyEvent.parse(event)
-    report = operations.verify(ev, Settings.from_env())
+    report = operations.verify(ev, settings)
     emit_metrics(tools.metrics, ev.database or ev.target.name,
                  {"VerificationFailures": (len(report.get("failures") or []), "Count")})
     return report

@@ -18,6 +18,7 @@ from pgrunbook.cutover.roll import sign, signature_ok
 from pgrunbook.cutover.secret import SecretSlot, rebase_url, version_token
 from pgrunbook.dburl import DatabaseUrl
 from pgrunbook.errors import CutoverError, UsageError
+from pgrunbook.settings import Settings
 from tests.conftest import AWS_TEST_ENV
 
 
@@ -135,8 +136,9 @@ def test_rds_candidate_is_made_production_ready_kept_and_protected(moto: None,
                            MasterUsername="pgrunbook", MasterUserPassword="x" * 16, BackupRetentionPeriod=0,
                            DeletionProtection=False)
     monkeypatch.setenv("PGRUNBOOK_RDS_BACKUP_RETENTION_DAYS", "7")
+    settings = Settings.from_env()
     ref = {"kind": "rds", "name": "pgrb-4f1c2d3e-app-0123456789ab", "dbname": "app", "status": "available"}
-    status, out = rds_production_ready(ref, source_name="app", execution="arn:exec:1", parameter_group=None)
+    status, out = rds_production_ready(ref, source_name="app", execution="arn:exec:1", settings=settings)
     assert status == "modifying" and out["name"] == ref["name"]
     kept = kept_identifier("app", "arn:exec:1")
     assert kept.startswith("pgrunbook-kept-app-")
@@ -147,6 +149,6 @@ def test_rds_candidate_is_made_production_ready_kept_and_protected(moto: None,
     assert tags["pgrunbook:keep"] == "cutover" and tags["pgrunbook:purpose"] == "cutover-candidate"
     # the next poll finds it under its kept name (no second rename): available, in sync -> ready, new endpoint
     status, out = rds_production_ready({**ref, "status": "modifying"}, source_name="app", execution="arn:exec:1",
-                                       parameter_group=None)
+                                       settings=settings)
     assert (status, out["name"], out["host"]) == ("ready", kept, inst["Endpoint"]["Address"])
     assert rds.describe_db_instances()["DBInstances"][0]["DBInstanceIdentifier"] == kept  # one instance

@@ -63,7 +63,7 @@ def stack(app_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         monkeypatch.setenv("PGRUNBOOK_DATABASES", json.dumps([{"name": "app", "secret_arn": secret, "dbname": dbname}]))
         monkeypatch.setenv("PGRUNBOOK_SSLMODE", "prefer")
         monkeypatch.setenv("PGRUNBOOK_STACK", STACK)
-        monkeypatch.setenv("PGRUNBOOK_TARGET_PREFIX", "pgrb-4f1c2d3e")
+        monkeypatch.setenv("PGRUNBOOK_RDS_IDENTIFIER_PREFIX", "pgrb-4f1c2d3e")
         monkeypatch.setenv("PGRUNBOOK_RDS_TARGETS", "on")
         monkeypatch.setenv("PGRUNBOOK_TOPIC_ARN", aws.client("sns").create_topic(Name="pgrunbook")["TopicArn"])
         yield dbname

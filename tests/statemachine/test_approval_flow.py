@@ -22,6 +22,7 @@ from pgrunbook.approval.runner import LocalApprovals
 from pgrunbook.approval.service import ATTRIBUTE, ApprovalGone
 from pgrunbook.local import Execution, LocalCloud, LocalDatabase
 from pgrunbook.localpg import LocalServer
+from pgrunbook.settings import Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
@@ -169,7 +170,7 @@ class TestRestoreApprovals:
         cloud, _ = stack
         arn = cloud.start("RestoreStateMachine", {"database": "app", "mode": "cutover"})
         _, _, facts = approval_for(cloud, arn)
-        service = ApprovalService.from_env()  # full rights, as the test has them: unseal the token
+        service = ApprovalService.from_settings(Settings.from_env())  # full rights (as the test has): unseal the token
         sealed = service.store.sealed_token(facts["approval_id"])
         assert sealed is not None
         cloud.send_task_success(service.sealer.open(sealed, facts["approval_id"]), payload)

@@ -11,6 +11,7 @@ import psycopg
 from pgrunbook import aws
 from pgrunbook.local import Execution, LocalCloud
 from pgrunbook.localpg import LocalServer
+from pgrunbook.settings import Settings
 
 
 def database_exists(server: LocalServer, name: str) -> bool:
@@ -117,7 +118,7 @@ def test_bad_input_fails_fast_before_provisioning(cloud: LocalCloud) -> None:
 def pending_approvals(execution: str) -> list[Any]:
     from pgrunbook.approval.service import ApprovalService
 
-    return [r for r in ApprovalService.from_env().store.list() if r.execution == execution]
+    return [r for r in ApprovalService.from_settings(Settings.from_env()).store.list() if r.execution == execution]
 
 
 def approval_token(execution: str) -> tuple[str, dict[str, Any]]:
@@ -125,7 +126,7 @@ def approval_token(execution: str) -> tuple[str, dict[str, Any]]:
     function can): this test answers with the SDK directly, as an operator with credentials could."""
     from pgrunbook.approval.service import ApprovalService
 
-    service = ApprovalService.from_env()
+    service = ApprovalService.from_settings(Settings.from_env())
     (record,) = pending_approvals(execution)
     sealed = service.store.sealed_token(record.approval_id)
     assert sealed is not None

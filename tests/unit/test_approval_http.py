@@ -28,6 +28,7 @@ from pgrunbook.approval.service import ApprovalRequest, ApprovalService, Created
 from pgrunbook.approval.signing import signer_from_secret
 from pgrunbook.approval.store import ApprovalStore
 from pgrunbook.local import handler_path, load_handler
+from pgrunbook.settings import Settings
 from tests.conftest import AWS_TEST_ENV
 
 REGION = "us-east-1"
@@ -92,7 +93,7 @@ class Harness:
                     "target": "postgresql://app:***@db.internal:5432/pgrunbook_drill_abc",
                     "text": "VERIFIED  postgresql://app:***@db.internal:5432/pgrunbook_drill_abc"},
             started_at="2026-11-25T11:00:00Z", execution_input={"requested_by": "alice@example.com"})
-        return ApprovalService.from_env().create(req), arn
+        return ApprovalService.from_settings(Settings.from_env()).create(req), arn
 
     def get(self, url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
         status, body = _http("GET", url, headers=headers or {})
@@ -546,6 +547,6 @@ def test_cli_routes_need_the_iam_authorizer(h: Harness) -> None:
              "pathParameters": {"id": created.approval_id}, "body": body, "isBase64Encoded": False,
              "requestContext": {"http": {"method": "POST", "path": "/cli/approvals/x", "sourceIp": "203.0.113.9",
                                          "userAgent": "curl"}}}
-    resp = handle(event)
+    resp = handle(event, Settings.from_env())
     assert resp["statusCode"] == 403 and "IAM" in json.loads(resp["body"])["message"]
     assert h.task_results(arn) == []

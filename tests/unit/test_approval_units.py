@@ -30,6 +30,7 @@ from pgrunbook.approval.signing import Signer
 from pgrunbook.approval.store import ApprovalRecord
 from pgrunbook.errors import UsageError
 from pgrunbook.lambda_support import ConfigError
+from pgrunbook.settings import Settings
 from tests.unit.template_support import ACCOUNT, REGION, Resolver, expanded, statements
 from tests.unit.template_support import allowed as iam_allows
 
@@ -242,16 +243,16 @@ def test_v2_events_from_the_local_server_match_the_routes() -> None:
 
 def test_unknown_route_and_oversized_form_are_pages() -> None:
     resp = handle({"version": "2.0", "routeKey": "$default", "rawPath": "/wp-admin", "rawQueryString": "",
-                   "requestContext": {"http": {"method": "GET"}}})
+                   "requestContext": {"http": {"method": "GET"}}}, Settings())
     assert resp["statusCode"] == 404 and resp["headers"]["Content-Type"].startswith("text/html")
     aid = str(uuid.uuid4())
     big = v2_event("POST", f"/approvals/{aid}", {}, b"x" * 40_000, "127.0.0.1")
-    assert big is not None and handle(big)["statusCode"] == 413
+    assert big is not None and handle(big, Settings())["statusCode"] == 413
 
 
 def test_page_headers_forbid_scripts_frames_and_referrers() -> None:
     resp = handle({"version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "",
-                   "requestContext": {"http": {"method": "GET"}}})
+                   "requestContext": {"http": {"method": "GET"}}}, Settings())
     headers = resp["headers"]
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]

@@ -10,6 +10,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pgrunbook.dburl import DatabaseUrl, mask_secrets
 from pgrunbook.errors import UsageError
+from pgrunbook.settings import Settings
 
 
 def test_password_is_kept_out_of_conninfo_display_and_repr() -> None:
@@ -132,13 +133,13 @@ def test_to_secret_resolves_what_libpq_would_take_from_the_environment(monkeypat
     monkeypatch.delenv("PGHOST", raising=False)
     monkeypatch.delenv("PGPORT", raising=False)
     monkeypatch.setenv("PGUSER", "envuser")
-    secret = DatabaseUrl.parse("host=/run/pg dbname=app").to_secret()
+    secret = DatabaseUrl.parse("host=/run/pg dbname=app").to_secret(Settings.from_env().libpq)
     assert (secret["host"], secret["username"], "port" in secret) == ("/run/pg", "envuser", False)
     with pytest.raises(UsageError, match="names no host"):
-        DatabaseUrl.parse("postgresql:///app").to_secret()  # libpq's built-in socket directory differs per build
+        DatabaseUrl.parse("postgresql:///app").to_secret(Settings.from_env().libpq)  # the built-in socket differs
     monkeypatch.setenv("PGHOST", "/var/run/postgresql")
     monkeypatch.setenv("PGPORT", "5433")
-    secret = DatabaseUrl.parse("postgresql:///app").to_secret()
+    secret = DatabaseUrl.parse("postgresql:///app").to_secret(Settings.from_env().libpq)
     assert (secret["host"], secret["port"]) == ("/var/run/postgresql", 5433)
 
 

@@ -227,7 +227,8 @@ def test_secret_url_quotes_and_requires(stack: Stack) -> None:
 
     arn = aws.client("secretsmanager").create_secret(Name="odd", SecretString=json.dumps(
         {"username": "u@x", "password": "p/:@w", "host": "h", "port": 6543}))["ARN"]
-    assert secret_url(arn, dbname="d") == "postgresql://u%40x:p%2F%3A%40w@h:6543/d?sslmode=prefer"
+    sslmode = Settings.from_env().sslmode  # PGRUNBOOK_SSLMODE, as the stack sets it
+    assert secret_url(arn, dbname="d", sslmode=sslmode) == "postgresql://u%40x:p%2F%3A%40w@h:6543/d?sslmode=prefer"
     bad = aws.client("secretsmanager").create_secret(Name="bad", SecretString="not json")["ARN"]
     with pytest.raises(ConfigError, match="not a JSON object"):
         secret_url(bad)

@@ -18,16 +18,18 @@ import pytest
 from moto import mock_aws
 
 from pgrunbook import aws, operations
-from pgrunbook.errors import PgrunbookError, TargetNotOwned
+from pgrunbook.errors import PgrunbookError, TargetDeleting, TargetNotOwned
 from pgrunbook.events import ProvisionEvent, TargetRef
 from pgrunbook.lambda_support import LocalContext, error_payload
 from pgrunbook.local import handler_path, load_handler
+from pgrunbook.provision import rds as provision_rds
 from pgrunbook.settings import Settings
 from tests.conftest import project_root
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 EXECUTION = f"arn:aws:states:{REGION}:{ACCOUNT}:execution:RestoreStateMachine-x:run-1"
 OTHER_EXECUTION = f"arn:aws:states:{REGION}:{ACCOUNT}:execution:RestoreStateMachine-x:run-2"
+PREFIX = "pgrb-4f1c2d3e"  # the template's per-stack identifier prefix
 
 # Every DBInstanceStatus in the RDS User Guide ("Viewing instance status"), by what it means for a new
 # restore target: the Restore machine waits (pending), gives up (failed) or goes on (available).
@@ -95,7 +97,7 @@ def rds(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[RdsLifecycle
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     monkeypatch.setenv("PGRUNBOOK_STACK", "prod")
-    monkeypatch.setenv("PGRUNBOOK_TARGET_PREFIX", "pgrb-4f1c2d3e")
+    monkeypatch.setenv("PGRUNBOOK_RDS_IDENTIFIER_PREFIX", PREFIX)
     monkeypatch.setenv("PGRUNBOOK_RDS_INSTANCE_CLASS", "db.t4g.micro")
     monkeypatch.setenv("PGRUNBOOK_DATABASES", json.dumps([{"name": "app", "secret_arn": "arn:secret:app"}]))
     lifecycle = RdsLifecycle(REFUSING)
@@ -130,7 +132,7 @@ def test_a_retried_create_finds_its_own_instance(rds: RdsLifecycle) -> None:
 
 
 def test_a_name_taken_by_another_instance_is_refused_and_left_alone(rds: RdsLifecycle) -> None:
-    ident = operations.target_identifier("app", EXECUTION)
+    ident = provision_rds.target_identifier("app", EXECUTION, PREFIX)
     aws.client("rds").create_db_instance(DBInstanceIdentifier=ident, Engine="postgres", DBInstanceClass="db.t4g.micro",
                                          AllocatedStorage=20, MasterUsername="x", MasterUserPassword="secret123",
                                          Tags=[{"Key": "team", "Value": "someone-else"}])
@@ -151,31 +153,31 @@ def test_generated_identifiers_are_valid_rds_identifiers() -> None:
         database = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 80)))
         execution = f"arn:aws:states:{REGION}:{ACCOUNT}:execution:R:{rng.getrandbits(64):x}"
         prefix = rng.choice(["pgrunbook-drill", "pgrb-4f1c2d3e", "9x", "a-very-long-prefix-" * 4])
-        ident = operations.target_identifier(database, execution, prefix)
+        ident = provision_rds.target_identifier(database, execution, prefix)
         assert 1 <= len(ident) <= 63 and ident[0].isalpha() and not ident.endswith("-"), ident
         assert "--" not in ident and all(c.isascii() and (c.isalnum() or c == "-") for c in ident), ident
-        assert ident == operations.target_identifier(database, execution, prefix)
-        assert ident != operations.target_identifier(database, execution + "0", prefix)
+        assert ident == provision_rds.target_identifier(database, execution, prefix)
+        assert ident != provision_rds.target_identifier(database, execution + "0", prefix)
 
 
 @pytest.mark.parametrize("status", sorted(DOCUMENTED))
 def test_every_documented_status_means_what_it_says(status: str) -> None:
-    assert operations.rds_target_state(status) == DOCUMENTED[status]
-    assert status == "available" or status in operations.RDS_PENDING | operations.RDS_FAILED, \
+    assert provision_rds.rds_target_state(status) == DOCUMENTED[status]
+    assert status == "available" or status in provision_rds.RDS_PENDING | provision_rds.RDS_FAILED, \
         f"{status} is only pending by default (an unknown state): list it"
 
 
 def test_delete_reports_done_only_once_the_instance_is_gone(rds: RdsLifecycle) -> None:
     ident = create(EXECUTION)["name"]
-    with pytest.raises(operations.TargetDeleting, match="waiting until it is gone"):
-        operations.delete_rds_instance(ident)  # accepted: RDS is deleting it now
+    with pytest.raises(TargetDeleting, match="waiting until it is gone"):
+        provision_rds.delete_instance(ident)  # accepted: RDS is deleting it now
     assert instances() and rds.delete_calls == [ident]
-    with pytest.raises(operations.TargetDeleting):
-        operations.delete_rds_instance(ident)  # the retry: still deleting, not asked again
+    with pytest.raises(TargetDeleting):
+        provision_rds.delete_instance(ident)  # the retry: still deleting, not asked again
     assert rds.delete_calls == [ident]
     rds.finish(ident)
-    operations.delete_rds_instance(ident)  # gone: done
-    operations.delete_rds_instance(ident)  # and again (a retried teardown): done
+    provision_rds.delete_instance(ident)  # gone: done
+    provision_rds.delete_instance(ident)  # and again (a retried teardown): done
 
 
 def test_delete_in_every_status_waits_until_gone(rds: RdsLifecycle) -> None:
@@ -185,16 +187,16 @@ def test_delete_in_every_status_waits_until_gone(rds: RdsLifecycle) -> None:
         ident = create(f"{EXECUTION}-{n}")["name"]
         rds.set_status(ident, status)
         for _ in range(2):
-            with pytest.raises(operations.TargetDeleting):
-                operations.delete_rds_instance(ident)
+            with pytest.raises(TargetDeleting):
+                provision_rds.delete_instance(ident)
         assert ident in instances(), status
         asked = rds.delete_calls.count(ident)
         assert asked == (0 if status == "deleting" else 2 if status in REFUSING else 1), (status, asked)
         rds.set_status(ident, "available")  # what RDS does after the refusing operation ends
-        with pytest.raises(operations.TargetDeleting):
-            operations.delete_rds_instance(ident)
+        with pytest.raises(TargetDeleting):
+            provision_rds.delete_instance(ident)
         rds.finish(ident)
-        operations.delete_rds_instance(ident)
+        provision_rds.delete_instance(ident)
         assert ident not in instances()
 
 
@@ -202,8 +204,8 @@ def test_a_delete_rds_refuses_for_good_is_an_error_not_a_wait(rds: RdsLifecycle)
     ident = create(EXECUTION)["name"]
     aws.client("rds").modify_db_instance(DBInstanceIdentifier=ident, DeletionProtection=True, ApplyImmediately=True)
     with pytest.raises(PgrunbookError) as info:
-        operations.delete_rds_instance(ident)
-    assert not isinstance(info.value, operations.TargetDeleting)
+        provision_rds.delete_instance(ident)
+    assert not isinstance(info.value, TargetDeleting)
     assert "InvalidParameterCombination" in str(info.value) and "\n" not in str(info.value)
 
 

@@ -37,9 +37,9 @@ class BackupEntry:
                 "tables": self.tables, "rows": self.rows, "sha256": self.sha256, "format": self.format}
 
 
-def list_backups(dest: str | None = None, *, database: str | None = None, kind: str | None = None,
-                 settings: Settings | None = None) -> list[BackupEntry]:
-    settings = settings or Settings.from_env()
+def list_backups(dest: str | None = None, *, settings: Settings, database: str | None = None,
+                 kind: str | None = None) -> list[BackupEntry]:
+    """The backups under `dest` (default: Settings.backup_dest), newest first."""
     store = open_store(settings.backup_dest if dest is None else dest)  # an empty DEST is a usage error
     entries = []
     for key, manifest in iter_manifests(store):
@@ -61,6 +61,6 @@ def database_dest(dest: str, database: str) -> str:
     return f"{dest.rstrip('/')}/{encode_segment(database)}"
 
 
-def latest_backup(dest: str | None = None, **filters: Any) -> BackupEntry | None:
-    found = list_backups(dest, **filters)
+def latest_backup(dest: str | None = None, *, settings: Settings, **filters: Any) -> BackupEntry | None:
+    found = list_backups(dest, settings=settings, **filters)
     return found[0] if found else None

@@ -16,7 +16,6 @@ database), whatever the form `u` was written in.
 from __future__ import annotations
 
 import getpass
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from urllib.parse import quote
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .errors import UsageError
+from .settings import LibpqDefaults
 
 _URI_PASSWORD = re.compile(r"(?P<pre>postgres(?:ql)?://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<post>@)")
 _PLAIN_HOST = re.compile(r"[A-Za-z0-9._-]+")
@@ -106,18 +106,19 @@ class DatabaseUrl:
         query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
         return f"postgresql://{auth}{netloc}/{quote(dbname, safe='')}" + (f"?{query}" if query else "")
 
-    def to_secret(self) -> dict[str, Any]:
+    def to_secret(self, defaults: LibpqDefaults | None = None) -> dict[str, Any]:
         """This target as an RDS-style secret. What libpq would take from the environment or the
-        OS (PGHOST, PGPORT, PGUSER, the login name) is resolved here, so the secret names the same
-        target wherever it is read; a URL without any host (libpq's compiled-in socket directory,
-        which differs between builds) is refused."""
-        host = self.params.get("host") or self.params.get("hostaddr") or os.environ.get("PGHOST")
+        OS (`defaults`: Settings.libpq, i.e. PGHOST, PGPORT, PGUSER; then the login name) is resolved
+        here, so the secret names the same target wherever it is read; a URL without any host (libpq's
+        compiled-in socket directory, which differs between builds) is refused."""
+        defaults = defaults or LibpqDefaults()
+        host = self.params.get("host") or self.params.get("hostaddr") or defaults.host
         if not host:
             raise UsageError("the URL names no host (libpq would use its built-in socket directory, which "
                              "differs between builds): give a server or a socket directory, e.g. "
                              "?host=/var/run/postgresql")
-        user = self.params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
-        port = self.params.get("port") or os.environ.get("PGPORT")
+        user = self.params.get("user") or defaults.user or getpass.getuser()
+        port = self.params.get("port") or defaults.port
         if port is not None and not _PORTS.fullmatch(port):
             raise UsageError(f"port {port!r} is not a port number")
         secret: dict[str, Any] = {"engine": "postgres", "username": user, "password": self.password,

@@ -117,7 +117,7 @@ def _mb(n: int) -> str:
 def _choose_backup(opts: DrillOptions, settings: Settings) -> str:
     if opts.backup:
         return opts.backup
-    entry = latest_backup(opts.dest or settings.backup_dest, database=opts.database)
+    entry = latest_backup(opts.dest or settings.backup_dest, database=opts.database, settings=settings)
     if entry is None:
         raise BackupNotFound(f"no backup found in {opts.dest or settings.backup_dest}")
     return entry.archive

@@ -146,6 +146,11 @@ class ConfigError(PgrunbookError):
     """The stack's configuration (environment of the function) is invalid."""
 
 
+class SettingsInvalid(UsageError, ConfigError):
+    """A configuration variable is missing or has a value that does not parse (settings.py); the message
+    names it. A UsageError for the CLI (exit 2), a ConfigError for the functions (the stack is misconfigured)."""
+
+
 class TransientError(PgrunbookError):
     """Worth retrying (throttling, a network blip to an AWS API). State machines retry this name."""
 

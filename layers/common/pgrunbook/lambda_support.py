@@ -1,6 +1,9 @@
 """Plumbing shared by the Lambda handlers, the Fargate task and the local runner.
 
-- which databases the stack manages (PGRUNBOOK_DATABASES, a JSON list) and how to reach them:
+- the handler shell (Powertools.handler): the function's Settings are read once at the start of each
+  invocation (settings.Settings.from_env, with what the function requires named when it is missing) and
+  passed to the handler as its third argument; nothing below it reads the environment;
+- how to reach the databases the stack manages (Settings.stack.databases, from PGRUNBOOK_DATABASES):
   credentials come from Secrets Manager (an RDS-managed secret holds username/password; a
   rotation-style secret may also hold host/port/dbname), never from plain environment values;
 - per-database CloudWatch metrics (Embedded Metric Format through powertools);
@@ -17,18 +20,13 @@
   main thread, and the operation cleans up as on SIGTERM (stops its pg tools, removes partial
   output, marks a restore target FAILED); the handler then fails with DeadlineExceeded.
 
-Configuration (environment of the functions, set by template.yaml):
-  PGRUNBOOK_DATABASES  [{"name": "app", "secret_arn": "arn:...", "host": "...", "port": 5432,
-                         "dbname": "app" (default: name), "sslmode": "require"}, ...]
-  PGRUNBOOK_BACKUP_DEST s3://bucket   PGRUNBOOK_KMS_KEY_ID   PGRUNBOOK_TOPIC_ARN
-  PGRUNBOOK_SSLMODE (default for all databases, "require")
+Configuration (the functions' environment, set by template.yaml): see settings.VARIABLES.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import signal
 import threading
@@ -39,92 +37,20 @@ from types import FrameType
 from typing import Any
 
 from . import aws
-from .errors import Interrupted, PgrunbookError, UsageError
+from .errors import (
+    ConfigError,
+    DeadlineExceeded,
+    Interrupted,
+    PgrunbookError,
+    TransientError,
+    UnknownDatabase,
+    UsageError,
+)
+from .settings import DatabaseConfig, Settings
 
-DATABASES_ENV = "PGRUNBOOK_DATABASES"
+__all__ = ["ConfigError", "DatabaseConfig", "DeadlineExceeded", "TransientError", "UnknownDatabase"]  # re-exported
+
 METRICS_NAMESPACE = "pgrunbook"
-
-
-class UnknownDatabase(UsageError):
-    """A state machine input named a database the stack is not configured for."""
-
-
-class ConfigError(PgrunbookError):
-    """The stack's configuration (environment of the function) is invalid."""
-
-
-class TransientError(PgrunbookError):
-    """Worth retrying (throttling, a network blip to an AWS API). State machines retry this name."""
-
-
-@dataclass(frozen=True)
-class DatabaseConfig:
-    name: str
-    secret_arn: str
-    host: str | None = None
-    port: int | None = None
-    dbname: str | None = None
-    sslmode: str | None = None
-    # restore targets of kind "database" on this server are created, loaded and dropped with this secret
-    # (a role with CREATEDB), so the backup itself can use a read-only role; default: secret_arn
-    target_secret_arn: str | None = None
-    # the RDS DB instance (or Aurora cluster) whose PITR window the hourly metrics watch; default: the
-    # first label of an RDS endpoint host (<id>.xxxx.<region>.rds.amazonaws.com)
-    rds_instance: str | None = None
-    rds_cluster: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DatabaseConfig:
-        try:
-            name, secret = str(data["name"]), str(data["secret_arn"])
-        except (KeyError, TypeError):
-            raise ConfigError(f"{DATABASES_ENV}: every entry needs 'name' and 'secret_arn': {data!r}") from None
-        port = data.get("port")
-        return cls(name=name, secret_arn=secret, host=data.get("host") or None,
-                   port=int(port) if port not in (None, "") else None,
-                   dbname=data.get("dbname") or None, sslmode=data.get("sslmode") or None,
-                   target_secret_arn=data.get("target_secret_arn") or None,
-                   rds_instance=data.get("rds_instance") or None, rds_cluster=data.get("rds_cluster") or None)
-
-    @property
-    def target_secret(self) -> str:
-        """The secret that creates restore targets on this server (see target_secret_arn)."""
-        return self.target_secret_arn or self.secret_arn
-
-    @property
-    def database(self) -> str:
-        """The database name on the server (default: the configured name). Backups of it live under
-        `<dest>/<database>/...`, so two configured entries must not share it."""
-        return self.dbname or self.name
-
-
-def configured_databases(env: Mapping[str, str] | None = None) -> dict[str, DatabaseConfig]:
-    env = os.environ if env is None else env
-    raw = env.get(DATABASES_ENV, "").strip()
-    if not raw:
-        return {}
-    try:
-        items = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{DATABASES_ENV} is not valid JSON: {exc}") from None
-    if not isinstance(items, list):
-        raise ConfigError(f"{DATABASES_ENV} must be a JSON list of databases")
-    found = [DatabaseConfig.from_dict(item) for item in items]
-    seen: dict[str, str] = {}
-    for db in found:
-        if db.database in seen:
-            raise ConfigError(f"{DATABASES_ENV}: {seen[db.database]!r} and {db.name!r} are both database "
-                              f"{db.database!r}: their backups would share s3://.../{db.database}/")
-        seen[db.database] = db.name
-    return {db.name: db for db in found}
-
-
-def database_config(name: str, env: Mapping[str, str] | None = None) -> DatabaseConfig:
-    dbs = configured_databases(env)
-    if name not in dbs:
-        known = ", ".join(sorted(dbs)) or "none"
-        raise UnknownDatabase(f"unknown database {name!r} (configured: {known})")
-    return dbs[name]
 
 
 def read_secret(secret_arn: str) -> dict[str, Any]:
@@ -151,17 +77,17 @@ def read_secret(secret_arn: str) -> dict[str, Any]:
 def secret_url(secret_arn: str, *, host: str | None = None, port: int | None = None, dbname: str | None = None,
                sslmode: str | None = None) -> str:
     """A libpq URL built from a secret (username, password[, host, port, dbname]); explicit values
-    win. Any host libpq takes works (a socket directory, a comma list): the secret is read by
+    win (sslmode: the caller's, from Settings; "require" when none is given). Any host libpq takes
+    works (a socket directory, a comma list): the secret is read by
     DatabaseUrl.from_secret, the one reader of its shape."""
     from .dburl import DatabaseUrl
 
     secret = read_secret(secret_arn)
     if not (host or secret.get("host")) or not (secret.get("username") or secret.get("user")):
-        raise ConfigError(f"secret {secret_arn}: no host/username (set them in {DATABASES_ENV} or the secret)")
-    mode = sslmode or os.environ.get("PGRUNBOOK_SSLMODE") or "require"
+        raise ConfigError(f"secret {secret_arn}: no host/username (set them in PGRUNBOOK_DATABASES or the secret)")
     try:
         url = DatabaseUrl.from_secret(secret, host=host, port=port, dbname=dbname or secret.get("dbname") or "postgres",
-                                      sslmode=mode)
+                                      sslmode=sslmode or "require")
     except UsageError as exc:
         raise ConfigError(f"secret {secret_arn}: {exc}") from None
     return url.secret_url()
@@ -177,15 +103,16 @@ def put_metric(metrics: Any, name: str, value: float, unit: str, database: str |
     emit_metrics(metrics, database, {name: (value, unit)})
 
 
-def emit_metrics(metrics: Any, database: str | None, values: Mapping[str, tuple[float, str]]) -> None:
+def emit_metrics(metrics: Any, database: str | None, values: Mapping[str, tuple[float, str]],
+                 namespace: str | None = None) -> None:
     """Several metrics in one Embedded Metric Format blob, dimension Database (when given) only.
 
     `metrics` is the handler's powertools Metrics (its namespace is used) or None (the Fargate task,
-    the local runner): the blob is printed on stdout, which CloudWatch Logs turns into metrics."""
+    the local runner: `namespace`, Settings.stack.metrics_namespace): the blob is printed on stdout,
+    which CloudWatch Logs turns into metrics."""
     from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
-    namespace = getattr(metrics, "namespace", None) or os.environ.get("POWERTOOLS_METRICS_NAMESPACE") \
-        or METRICS_NAMESPACE
+    namespace = getattr(metrics, "namespace", None) or namespace or METRICS_NAMESPACE
     # service="": no `service` dimension (powertools adds POWERTOOLS_SERVICE_NAME as one by default), so
     # the dimensions are exactly these and the alarms in template.yaml address the metrics they watch
     blob = EphemeralMetrics(namespace=namespace, service="")
@@ -197,6 +124,7 @@ def emit_metrics(metrics: Any, database: str | None, values: Mapping[str, tuple[
 
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+SettingsHandler = Callable[[dict[str, Any], Any, Settings], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -207,37 +135,35 @@ class Powertools:
     tracer: Any
     metrics: Any
 
-    def handler(self, *, log_event: bool = True) -> Callable[[Handler], Handler]:
-        """Decorate a lambda_handler: Lambda context in the logs (and the event, unless it may carry
-        secrets), an X-Ray segment without the response, metrics flushed at the end, and errors
-        that leave it as one line (one_line_errors)."""
+    def handler(self, *, log_event: bool = True, requires: tuple[str, ...] = ()) -> Callable[[SettingsHandler],
+                                                                                              Handler]:
+        """Decorate a lambda_handler(event, context, settings): its Settings read once at the start of the
+        invocation (a variable of `requires` that is not set fails it at once, named), Lambda context in
+        the logs (and the event, unless it may carry secrets), an X-Ray segment without the response,
+        metrics flushed at the end, and errors that leave it as one line (one_line_errors). Lambda calls
+        the result as lambda_handler(event, context)."""
 
-        def wrap(fn: Handler) -> Handler:
-            fn = with_deadline(fn)  # innermost: stop and clean up before Lambda's timeout
-            fn = self.metrics.log_metrics(raise_on_empty_metrics=False)(fn)
-            fn = self.tracer.capture_lambda_handler(capture_response=False)(fn)
-            fn = self.logger.inject_lambda_context(log_event=log_event)(fn)
-            return one_line_errors(fn, self.logger)  # what leaves the handler: one line (trace logged)
+        def wrap(fn: SettingsHandler) -> Handler:
+            def configured(event: dict[str, Any], context: Any) -> dict[str, Any]:
+                settings = Settings.from_env().require(*requires)
+                return with_deadline(functools.partial(_call, fn, settings=settings),
+                                     settings.stack.deadline_margin_seconds)(event, context)
+
+            handler: Handler = functools.wraps(fn)(configured)  # innermost: stop and clean up before the timeout
+            handler = self.metrics.log_metrics(raise_on_empty_metrics=False)(handler)
+            handler = self.tracer.capture_lambda_handler(capture_response=False)(handler)
+            handler = self.logger.inject_lambda_context(log_event=log_event)(handler)
+            return one_line_errors(handler, self.logger)  # what leaves the handler: one line (trace logged)
 
         return wrap
 
 
+def _call(fn: SettingsHandler, event: dict[str, Any], context: Any, *, settings: Settings) -> dict[str, Any]:
+    return fn(event, context, settings)
+
+
 # --------------------------------------------------------------------------- the deadline watchdog
-DEADLINE_MARGIN_ENV = "PGRUNBOOK_DEADLINE_MARGIN_SECONDS"
-DEFAULT_DEADLINE_MARGIN = 20.0
-
-
-class DeadlineExceeded(PgrunbookError):
-    """The function stopped itself shortly before its Lambda time limit, after stopping its pg tools
-    and removing partial output (a restore target is marked FAILED)."""
-
-
-def _margin(env: Mapping[str, str] | None = None) -> float:
-    raw = (os.environ if env is None else env).get(DEADLINE_MARGIN_ENV, "")
-    try:
-        return max(float(raw), 0.0) if raw else DEFAULT_DEADLINE_MARGIN
-    except ValueError:
-        raise ConfigError(f"{DEADLINE_MARGIN_ENV} must be a number of seconds, got {raw!r}") from None
+DEFAULT_DEADLINE_MARGIN = 20.0  # seconds (Settings.stack.deadline_margin_seconds)
 
 
 class _Watchdog:
@@ -245,7 +171,7 @@ class _Watchdog:
     there) SIGALRM raises Interrupted where the handler is, even inside a blocking call; elsewhere
     (the local runner's threads) a timer stops the pg tools, so the operation fails on their exit."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, margin: float) -> None:
         self.fired = False
         self._alarm = False
         self._thread = threading.get_ident()  # the handler's thread: the timer stops only its tools
@@ -257,7 +183,7 @@ class _Watchdog:
             self.left = self.margin = 0.0
             return
         self.left = float(left)
-        self.margin = min(_margin(), self.left / 4)
+        self.margin = min(margin, self.left / 4)
         after = max(self.left - self.margin, 0.001)
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGALRM, self._on_alarm)
@@ -295,13 +221,13 @@ class _Watchdog:
             "Timeout or run this database on Fargate (PGRUNBOOK_FARGATE)")
 
 
-def with_deadline(fn: Handler) -> Handler:
-    """Wrap a handler with the deadline watchdog (see the module doc); a failure after the watchdog
-    fired leaves as DeadlineExceeded."""
+def with_deadline(fn: Handler, margin: float = DEFAULT_DEADLINE_MARGIN) -> Handler:
+    """Wrap a handler with the deadline watchdog (see the module doc), `margin` seconds before the
+    deadline; a failure after the watchdog fired leaves as DeadlineExceeded."""
 
     @functools.wraps(fn)
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        watch = _Watchdog(context)
+        watch = _Watchdog(context, margin)
         try:
             try:
                 return fn(event, context)

@@ -10,13 +10,16 @@ on AWS. Written for moto 5.2 (`MOTO_MINOR`); `check_moto()` refuses another mino
 
 Used by tests (tests/statemachine/) and by `make demo`; needs the dev dependencies (moto,
 cfn-lint), imported lazily so the Lambda layer never loads them.
+
+A shell like the CLI: it reads its own Settings once (the pg tools' folder) and gives the functions their
+environment as the template does (settings.set_environment), restored when the cloud is closed; each
+function then reads its Settings from it at every invocation, as on Lambda.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import threading
 import time
@@ -29,6 +32,7 @@ from typing import Any
 
 from .errors import LocalRunnerError, UsageError
 from .lambda_support import LocalContext, error_payload
+from .settings import Settings, set_environment
 
 MOTO_MINOR = "5.2"
 ACCOUNT = "123456789012"
@@ -294,6 +298,7 @@ class LocalCloud:
         self._mock: Any = None
         self._saved_env: dict[str, str | None] = {}
         self.adapter: LambdaAdapter | None = None
+        self.settings = Settings.from_env()  # this shell's own (read once): where the pg tools are
         self.topic_arn = ""
         self.key_arn = ""
 
@@ -330,20 +335,12 @@ class LocalCloud:
             self._mock.stop()
             self._mock = None
         aws.reset_clients()
-        for key, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        set_environment(self._saved_env)
         self._saved_env = {}
 
     def _set_env(self, values: Mapping[str, str | None]) -> None:
-        for key, value in values.items():
-            self._saved_env.setdefault(key, os.environ.get(key))
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        for key, value in set_environment(values).items():
+            self._saved_env.setdefault(key, value)
 
     def _create_resources(self) -> None:
         from . import aws
@@ -359,7 +356,7 @@ class LocalCloud:
             # stack stores it: an RDS-style secret plus the PGRUNBOOK_DATABASES entry
             url = DatabaseUrl.parse(db.url, what=f"URL of database {db.name!r}")
             try:
-                secret = url.to_secret()
+                secret = url.to_secret(self.settings.libpq)
             except UsageError as exc:
                 raise UsageError(f"database {db.name!r}: {exc}") from None
             arn = aws.client("secretsmanager").create_secret(
@@ -401,7 +398,7 @@ class LocalCloud:
             own = self.template["Resources"][fid].get("Properties", {}).get("Environment", {}).get("Variables", {})
             values.update({k: str(self.intrinsics.eval(v)) for k, v in own.items()})
         values.update({"PGRUNBOOK_SSLMODE": "prefer", "PGRUNBOOK_POLL_SECONDS": "0", "PGRUNBOOK_FARGATE": "off",
-                       "PGRUNBOOK_PG_BIN": os.environ.get("PGRUNBOOK_PG_BIN", ""), "PGRUNBOOK_WORK_DIR": ""})
+                       "PGRUNBOOK_PG_BIN": self.settings.pg_bin or "", "PGRUNBOOK_WORK_DIR": ""})
         values.update(self.extra_env)
         self._set_env({k: (v or None) for k, v in values.items()})
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from .catalog_list import BackupEntry, database_dest, latest_backup
 from .errors import StoreError
-from .lambda_support import DatabaseConfig, configured_databases
+from .lambda_support import DatabaseConfig
 from .operations import REPORTS_PREFIX, drilled_databases
 from .pitr import PitrWindow, pitr_window
 from .settings import Settings
@@ -82,10 +82,10 @@ def collect(settings: Settings, *, now: datetime | None = None, record: bool = F
     now = now or datetime.now(UTC)
     store = _store(settings)
     dest = settings.backup_dest.rstrip("/")
-    drilled = set(drilled_databases())
+    drilled = set(drilled_databases(settings))
     facts = []
     cfg: DatabaseConfig
-    for name, cfg in sorted(configured_databases().items()):
+    for name, cfg in sorted(settings.stack.database_map().items()):
         f = DatabaseFacts(name=name, first_seen=first_seen(store, name, now, record=record),
                           backup=latest_backup(database_dest(dest, cfg.database), settings=settings),
                           drilled=name in drilled)

@@ -17,7 +17,6 @@ Each result that a Fail state reads as its cause (`cause`, `error.Cause`) is one
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,10 +28,10 @@ from .settings import Settings
 from .store import open_store
 
 
-def publish(subject: str, message: str, attributes: dict[str, str] | None = None) -> str | None:
-    """Publish to the stack's topic (PGRUNBOOK_TOPIC_ARN); returns the message id (None when unset).
+def publish(settings: Settings, subject: str, message: str, attributes: dict[str, str] | None = None) -> str | None:
+    """Publish to the stack's topic (Settings.stack.topic_arn); returns the message id (None when unset).
     `attributes`: SNS message attributes (strings), e.g. the same facts as JSON for chat integrations."""
-    topic = os.environ.get("PGRUNBOOK_TOPIC_ARN")
+    topic = settings.stack.topic_arn
     if not topic:
         return None
     extra = {"MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()}} \
@@ -64,7 +63,7 @@ def backup_summary(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
     text = "\n".join(lines)
     subject = (f"pgrunbook backup FAILED for {len(failed)} database(s)" if failed
                else f"pgrunbook backup ok ({len(ok)} databases)")
-    publish(subject, text)
+    publish(settings, subject, text)
     # the execution's cause when some failed (one line; the notification above has the details)
     cause = one_line(f"{len(ok)} of {len(results)} databases backed up; failed: "
                      + "; ".join(f"{f['database']}: {f['error']}: {f['message']}" for f in failures),
@@ -121,7 +120,7 @@ def restore_report(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
         lines.append(f"execution: {data['execution']}")
     text = "\n".join(lines)
     decision = (report["approval"] or {}).get("decision")
-    publish(f"pgrunbook {mode} {database}: {'verified' if verified else 'FAILED'}"
+    publish(settings, f"pgrunbook {mode} {database}: {'verified' if verified else 'FAILED'}"
             + (f", {decision} by {report['approval'].get('approver')}" if decision else ""), text)
     out: dict[str, Any] = {"verified": verified, "report": uri, "text": text,
                            "failures": list(verify.get("failures") or []), "restore_seconds":
@@ -142,8 +141,8 @@ def request_approval(data: dict[str, Any], settings: Settings) -> dict[str, Any]
     summary, the backup's age and the execution's console link, as text and as a JSON attribute."""
     from .approval.service import ATTRIBUTE, ApprovalRequest, ApprovalService
 
-    created = ApprovalService.from_env().create(ApprovalRequest.parse(data))
-    publish(created.subject, created.text, {ATTRIBUTE: json.dumps(created.attribute, default=str)})
+    created = ApprovalService.from_settings(settings).create(ApprovalRequest.parse(data))
+    publish(settings, created.subject, created.text, {ATTRIBUTE: json.dumps(created.attribute, default=str)})
     return {"approval_id": created.approval_id, "expires_at": created.expires_at}
 
 
@@ -182,10 +181,10 @@ def age_metrics(settings: Settings, metrics: Any = None, now: datetime | None = 
     return {"databases": out}
 
 
-def cutover_notification(report: dict[str, Any]) -> str | None:
+def cutover_notification(report: dict[str, Any], settings: Settings) -> str | None:
     """Publish a cutover or rollback report made outside the state machine (`pgrunbook cutover`/`rollback`)
     to $PGRUNBOOK_TOPIC_ARN, when one is set (the state machine reports through restore_report)."""
     from .cutover.report import CutoverReport
 
     rep = CutoverReport.from_dict(report)
-    return publish(rep.subject(), rep.text())
+    return publish(settings, rep.subject(), rep.text())

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -298,7 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_cli_logging()
     key = None
     if args.webhook_secret_env:
-        raw = os.environ.get(args.webhook_secret_env)
+        from .settings import Settings
+
+        raw = Settings.from_env().variable(args.webhook_secret_env)
         if not raw:
             print(f"sampleapp: {args.webhook_secret_env} is not set", file=sys.stderr)  # noqa: T201
             return 2

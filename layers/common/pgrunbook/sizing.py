@@ -27,8 +27,6 @@ Fargate task every run is on Lambda (there is nowhere else), and the plan says s
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,21 +46,11 @@ OPERATIONS = ("backup", "restore")
 
 @dataclass(frozen=True)
 class Limits:
+    """The stack's sizing settings (Settings.sizing: PGRUNBOOK_SIZING_SAFETY, at least 1, and
+    PGRUNBOOK_FARGATE, whether the Fargate task exists) and what follows from them."""
+
     safety: float = DEFAULT_SAFETY
     fargate: bool = True
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Limits:
-        env = os.environ if env is None else env
-        raw = env.get("PGRUNBOOK_SIZING_SAFETY") or ""
-        try:
-            safety = float(raw) if raw else DEFAULT_SAFETY
-        except ValueError:
-            raise UsageError(f"PGRUNBOOK_SIZING_SAFETY must be a number, got {raw!r}") from None
-        if safety < 1:
-            raise UsageError(f"PGRUNBOOK_SIZING_SAFETY must be at least 1, got {raw!r}")
-        fargate = (env.get("PGRUNBOOK_FARGATE") or "on").lower() not in ("off", "false", "0")
-        return cls(safety=safety, fargate=fargate)
 
     @property
     def backup_max_bytes(self) -> int:
@@ -95,12 +83,11 @@ class Decision:
                 "estimated_lambda_seconds": None if est is None else round(est, 1)}
 
 
-def decide(operation: str, size_bytes: int | None, *, archive_bytes: int | None = None,
-           forced: str | None = None, limits: Limits | None = None) -> Decision:
+def decide(operation: str, size_bytes: int | None, *, limits: Limits, archive_bytes: int | None = None,
+           forced: str | None = None) -> Decision:
     """Where `operation` (backup | restore) of a database of `size_bytes` runs."""
     if operation not in OPERATIONS:
         raise UsageError(f"sizing: operation must be one of {', '.join(OPERATIONS)}, not {operation!r}")
-    limits = limits or Limits.from_env()
     if forced in ("lambda", "ecs"):
         return Decision(forced, "forced by PGRUNBOOK_RUNNER_OVERRIDES", None)
     if size_bytes is None:

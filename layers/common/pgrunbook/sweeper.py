@@ -6,12 +6,13 @@ an RDS instance the tags `pgrunbook:stack` and `pgrunbook:execution` (the execut
 database target the labels `stack` and `execution` in its comment (provision.database.parse_labels).
 
 Invariants:
-- only this stack's targets (PGRUNBOOK_STACK) are looked at; nothing without an execution is touched;
+- only this stack's targets (Settings.stack.name, PGRUNBOOK_STACK) are looked at; nothing without an
+  execution is touched;
 - a target is deleted only when its execution is known and no longer running, and it is not kept:
   an approved cutover (the execution SUCCEEDED in mode cutover) and a target tagged
   `pgrunbook:keep` (RDS) or labelled `keep` (a database) are kept; an execution that no longer
   exists (history expired) leaves its target alone and reported, for a person to decide;
-- deletion goes through the state machine's own delete (operations.delete_rds_instance, DROP
+- deletion goes through the state machine's own delete (provision.rds.delete_instance, DROP
   DATABASE ... WITH (FORCE)), and every run reports what it deleted, kept and could not delete.
 """
 
@@ -23,17 +24,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import aws
-from .errors import AwsCallFailed, PgrunbookError
-from .lambda_support import configured_databases, secret_url
-from .operations import (
-    TAG_EXECUTION,
-    TAG_KEEP,
-    TAG_STACK,
-    TargetDeleting,
-    _rds_tags,
-    delete_rds_instance,
-    stack_name,
-)
+from .errors import AwsCallFailed, PgrunbookError, TargetDeleting
+from .lambda_support import secret_url
+from .provision.rds import TAG_EXECUTION, TAG_KEEP, TAG_STACK, delete_instance, instance_tags
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 RUNNING = ("RUNNING", "PENDING_REDRIVE")
@@ -51,15 +45,18 @@ class Found:
 
 @dataclass
 class SweepReport:
+    stack: str = "local"
     deleted: list[dict[str, Any]] = field(default_factory=list)
     kept: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["stack"]
+        return out
 
     def text(self) -> str:
-        lines = [f"pgrunbook sweeper ({stack_name()}): {len(self.deleted)} leaked target(s) deleted, "
+        lines = [f"pgrunbook sweeper ({self.stack}): {len(self.deleted)} leaked target(s) deleted, "
                  f"{len(self.failed)} could not be deleted, {len(self.kept)} left alone"]
         lines += [f"  deleted  {d['kind']} {d['name']} (execution {d['execution']}: {d['why']})" for d in self.deleted]
         lines += [f"  FAILED   {d['kind']} {d['name']}: {d['why']}" for d in self.failed]
@@ -107,7 +104,7 @@ def rds_targets(stack: str) -> list[Found]:
     found = []
     for page in aws.client("rds").get_paginator("describe_db_instances").paginate():
         for inst in page.get("DBInstances", []):
-            tags = _rds_tags(inst)
+            tags = instance_tags(inst)
             if tags.get(TAG_STACK) != stack:
                 continue
             found.append(Found(kind="rds", name=str(inst["DBInstanceIdentifier"]), execution=tags.get(TAG_EXECUTION),
@@ -115,7 +112,7 @@ def rds_targets(stack: str) -> list[Found]:
     return found
 
 
-def database_targets(stack: str) -> list[Found]:
+def database_targets(stack: str, settings: Settings) -> list[Found]:
     """pgrunbook_drill_* databases labelled with this stack, on every configured server (once per server)."""
     from . import catalog
     from .dburl import DatabaseUrl
@@ -123,7 +120,7 @@ def database_targets(stack: str) -> list[Found]:
 
     found: list[Found] = []
     seen: set[tuple[str | None, int | None, str]] = set()
-    for name, cfg in sorted(configured_databases().items()):
+    for name, cfg in sorted(settings.stack.database_map().items()):
         key = (cfg.host, cfg.port, cfg.target_secret)
         if key in seen:
             continue
@@ -145,24 +142,22 @@ def database_targets(stack: str) -> list[Found]:
     return found
 
 
-def _delete(target: Found) -> None:
+def _delete(target: Found, settings: Settings) -> None:
     if target.kind == "rds":
-        delete_rds_instance(target.name)
+        delete_instance(target.name)
         return
     from .events import TargetRef
     from .operations import _delete as delete_target
 
-    delete_target(TargetRef(kind="database", name=target.name, dbname=target.name, server=target.server))
+    delete_target(TargetRef(kind="database", name=target.name, dbname=target.name, server=target.server), settings)
 
 
-def sweep(*, rds: bool | None = None, dry_run: bool = False) -> SweepReport:
+def sweep(settings: Settings, *, rds: bool | None = None, dry_run: bool = False) -> SweepReport:
     """Find this stack's targets, delete the leaked ones (see the module's invariants)."""
-    from .operations import rds_targets_enabled
-
-    rds = rds_targets_enabled() if rds is None else rds
-    stack = stack_name()
-    report = SweepReport()
-    targets = database_targets(stack) + (rds_targets(stack) if rds else [])
+    rds = settings.rds.enabled if rds is None else rds
+    stack = settings.stack.name
+    report = SweepReport(stack=stack)
+    targets = database_targets(stack, settings) + (rds_targets(stack) if rds else [])
     for target in targets:
         delete, why = verdict(target)
         entry = {"kind": target.kind, "name": target.name, "execution": target.execution, "why": why}
@@ -173,7 +168,7 @@ def sweep(*, rds: bool | None = None, dry_run: bool = False) -> SweepReport:
             report.deleted.append({**entry, "why": why + " (dry run: not deleted)"})
             continue
         try:
-            _delete(target)
+            _delete(target, settings)
         except TargetDeleting:
             pass  # deletion started (or under way): it is going
         except PgrunbookError as exc:

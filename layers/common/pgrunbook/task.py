@@ -1,5 +1,7 @@
 """Fargate task entry point (`python -m pgrunbook.task`): the same operations as the Lambda
-functions, for databases too big for Lambda's 15 minutes. The state machine passes:
+functions, for databases too big for Lambda's 15 minutes. Its Settings are read once, in `main`
+(settings.TaskSettings holds the assignment; a missing one is named and exits 1). The state machine
+passes:
 
   PGRUNBOOK_OPERATION  backup | restore | migrate (the Migrate machine's pre-migration backup step)
   PGRUNBOOK_EVENT      the same JSON event the Lambda function would get
@@ -21,18 +23,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 from . import operations
-from .errors import Interrupted
+from .errors import Interrupted, PgrunbookError
 from .events import BackupEvent, EventError, RestoreEvent
 from .lambda_support import emit_metrics, error_payload
 from .logs import setup_cli_logging
 from .pgtools import stop_signals
-from .settings import Settings
+from .settings import TASK_VARIABLES, Settings
 
 log = logging.getLogger("pgrunbook.task")
 
@@ -42,36 +43,40 @@ def run(operation: str, event: Any, settings: Settings) -> dict[str, Any]:
         ev = BackupEvent.parse(event)
         result = operations.backup(ev, settings)
         emit_metrics(None, ev.database, {"BackupSucceeded": (1, "Count"), "BackupBytes": (result.bytes, "Bytes"),
-                                         "BackupSeconds": (round(result.seconds, 3), "Seconds")})
+                                         "BackupSeconds": (round(result.seconds, 3), "Seconds")},
+                     settings.stack.metrics_namespace)
         return result.to_dict()
     if operation == "restore":
         rev = RestoreEvent.parse(event)
         restored = operations.restore(rev, settings)
         database = event.get("database") if isinstance(event.get("database"), str) else rev.target.name
-        emit_metrics(None, database, {"RestoreSeconds": (float(restored.get("seconds") or 0.0), "Seconds")})
+        emit_metrics(None, database, {"RestoreSeconds": (float(restored.get("seconds") or 0.0), "Seconds")},
+                     settings.stack.metrics_namespace)
         return restored
     if operation == "migrate":  # the Migrate machine's pre-migration backup of a database too big for Lambda
-        from .lambda_support import database_config, database_url
+        from .lambda_support import database_url
         from .migrations.service import MigrateEvent, handle
 
         mev = MigrateEvent.parse(event)
-        return handle(mev, database_url(database_config(mev.database)), settings)
+        return handle(mev, database_url(settings.database(mev.database)), settings)
     raise EventError(f"PGRUNBOOK_OPERATION must be backup, restore or migrate, not {operation!r}")
 
 
 def main(env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
+    """The task: settings once (from the process environment, or `env`), the operation, its outcome written."""
     setup_cli_logging()
-    key = env.get("PGRUNBOOK_RESULT_KEY")
-    if not key:
-        log.error("PGRUNBOOK_RESULT_KEY is not set: nowhere to write the result")
+    try:
+        settings = Settings.from_env(env)
+        key = settings.require("PGRUNBOOK_RESULT_KEY").task.result_key
+    except PgrunbookError as exc:
+        log.error(f"the task cannot start (no result written): {exc}")
         return 1
-    settings = Settings.from_env(env)
     interrupted: Interrupted | None = None
     try:
         with stop_signals():
-            event = json.loads(env.get("PGRUNBOOK_EVENT") or "")
-            payload: dict[str, Any] = {"result": run(env.get("PGRUNBOOK_OPERATION", ""), event, settings)}
+            settings.require(*TASK_VARIABLES)
+            event = json.loads(settings.task.event)
+            payload: dict[str, Any] = {"result": run(settings.task.operation, event, settings)}
     except json.JSONDecodeError as exc:
         payload = error_payload(EventError(f"PGRUNBOOK_EVENT is not JSON: {exc}"))
     except Interrupted as exc:

@@ -9,14 +9,13 @@ Checks (each with expected, actual and a verdict):
   exist, and no failed Prisma migration;
 - with an app URL (a staging app pointed at the copy): `GET /health`, `GET /ready`, configured
   checks `METHOD:PATH:STATUS`, and an optional sign-in request whose credentials come from the
-  environment (SMOKE_SIGNIN_BODY as JSON, or SMOKE_EMAIL + SMOKE_PASSWORD).
+  settings (Settings.smoke: SMOKE_SIGNIN_BODY as JSON, or SMOKE_EMAIL + SMOKE_PASSWORD).
 `ok` only when every check passes.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -240,20 +239,6 @@ def _prisma_checks(report: VerifyReport, conn: psycopg.Connection[Any], manifest
                f"{len(applied)} applied (last {max(applied) if applied else '-'})", not problems, "; ".join(problems))
 
 
-def _sign_in_body() -> Any:
-    raw = os.environ.get("SMOKE_SIGNIN_BODY")
-    if raw:
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise UsageError("SMOKE_SIGNIN_BODY is not valid JSON") from None
-    email, password = os.environ.get("SMOKE_EMAIL"), os.environ.get("SMOKE_PASSWORD")
-    if not email or not password:
-        raise UsageError("a sign-in check needs credentials: set SMOKE_SIGNIN_BODY (JSON) or SMOKE_EMAIL and "
-                         "SMOKE_PASSWORD")
-    return {"email": email, "password": password}
-
-
 def http_check(app_url: str, check: HttpCheck, timeout: float, name: str | None = None) -> CheckResult:
     url = app_url.rstrip("/") + check.path
     name = name or check.label
@@ -282,9 +267,8 @@ def http_check(app_url: str, check: HttpCheck, timeout: float, name: str | None 
     return CheckResult(name, str(check.status), str(status), status == check.status, f"{url} in {ms:.0f} ms")
 
 
-def run_verify(opts: VerifyOptions, settings: Settings | None = None) -> VerifyReport:
+def run_verify(opts: VerifyOptions, settings: Settings) -> VerifyReport:
     """Verify a database (and optionally an app pointed at it); never raises for a failed check."""
-    settings = settings or Settings.from_env()
     url = DatabaseUrl.parse(opts.database_url or settings.new_database_url or settings.database_url,
                             what="database URL to verify (--database-url, NEW_DATABASE_URL or DATABASE_URL)")
     manifest, manifest_uri = _load_manifest(opts)
@@ -298,7 +282,7 @@ def run_verify(opts: VerifyOptions, settings: Settings | None = None) -> VerifyR
     sign_in = None
     if opts.sign_in is not None:
         sign_in = HttpCheck(opts.sign_in.method, opts.sign_in.path, opts.sign_in.status,
-                            opts.sign_in.body if opts.sign_in.body is not None else _sign_in_body())
+                            opts.sign_in.body if opts.sign_in.body is not None else settings.smoke.body())
 
     t0 = time.monotonic()
     report = VerifyReport(target=url.display(), manifest=manifest_uri)

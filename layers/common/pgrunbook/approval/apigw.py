@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from ..errors import PgrunbookError
+from ..settings import Settings
 from .page import SECURITY_HEADERS, render_page, render_text
 from .service import ApprovalService, Outcome, RequestMeta
 
@@ -140,8 +141,9 @@ def _page_error(status: int, state: str, message: str) -> dict[str, Any]:
     return html_response(Outcome(status, state, message))
 
 
-def handle(event: Mapping[str, Any], service: ApprovalService | None = None) -> dict[str, Any]:
-    """One HTTP API v2 event -> one v2 response. Never raises: a failure is a page/JSON with a status."""
+def handle(event: Mapping[str, Any], settings: Settings, service: ApprovalService | None = None) -> dict[str, Any]:
+    """One HTTP API v2 event -> one v2 response. Never raises: a failure is a page/JSON with a status (an
+    unconfigured stack, SettingsInvalid naming the variables, is a 503)."""
     try:
         req = HttpRequest.from_event(event)
     except (ValueError, TypeError, AttributeError):
@@ -151,7 +153,7 @@ def handle(event: Mapping[str, Any], service: ApprovalService | None = None) -> 
     if len(req.body) > MAX_BODY:
         return _page_error(413, "bad_input", "The form is too large.")
     try:
-        service = service or ApprovalService.from_env()
+        service = service or ApprovalService.from_settings(settings)
         if req.route.iam:
             return _cli(req, service)
         return _page(req, service)

@@ -32,6 +32,7 @@ from ..errors import ApprovalUnavailable as ApprovalUnavailable
 from ..errors import PgrunbookError
 from ..events import EventError, _get, _mapping
 from ..lambda_support import ConfigError, TransientError
+from ..settings import DatabaseConfig, Settings
 from .config import ApprovalConfig
 from .signing import Signer, signer_from_secret
 from .store import ApprovalRecord, ApprovalStore, TokenSealer
@@ -117,13 +118,8 @@ def _display(value: Any) -> str:
     return mask_secrets(str(value)) if value not in (None, "") else ""
 
 
-def _source_display(database: str) -> str:
-    from ..lambda_support import configured_databases
-
-    try:
-        cfg = configured_databases().get(database)
-    except ConfigError:
-        cfg = None
+def _source_display(database: str, databases: Mapping[str, DatabaseConfig]) -> str:
+    cfg = databases.get(database)
     if cfg is None or not cfg.host:
         return f"database {cfg.database if cfg else database} (host from its secret)"
     return f"postgresql://{cfg.host}:{cfg.port or 5432}/{cfg.database}"
@@ -137,8 +133,10 @@ def _candidate_display(target: Mapping[str, Any]) -> str:
     return f"new database {target.get('dbname') or target.get('name')}{server} ({where})"
 
 
-def build_facts(req: ApprovalRequest, now: float, expires_at: int) -> dict[str, Any]:
-    """What the page, the CLI and the notification show. Passwords masked; no token."""
+def build_facts(req: ApprovalRequest, now: float, expires_at: int,
+                databases: Mapping[str, DatabaseConfig] | None = None) -> dict[str, Any]:
+    """What the page, the CLI and the notification show (`databases`: the configured ones, to show where
+    the source is). Passwords masked; no token."""
     plan, verify, target = req.plan, req.verify, req.target
     database = str(plan.get("database") or "unknown")
     checks = [{"check": _display(c.get("check")), "expected": _display(c.get("expected")),
@@ -148,7 +146,7 @@ def build_facts(req: ApprovalRequest, now: float, expires_at: int) -> dict[str, 
     started_by = req.execution_input.get("requested_by") or req.execution_input.get("started_by")
     facts: dict[str, Any] = {
         "database": database,
-        "source": {"name": database, "display": _display(_source_display(database))},
+        "source": {"name": database, "display": _display(_source_display(database, databases or {}))},
         "candidate": {**{k: target.get(k) for k in ("kind", "name", "dbname", "host", "port", "server")},
                       "display": _display(_candidate_display(target))},
         "backup": {"uri": _display(plan.get("backup")), "finished_at": plan.get("backup_finished_at"),
@@ -250,16 +248,19 @@ def _clean(text: str | None, limit: int, what: str) -> str:
 class ApprovalService:
     def __init__(self, config: ApprovalConfig, *, store: ApprovalStore | None = None,
                  signer: Signer | None = None, sealer: TokenSealer | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 databases: Mapping[str, DatabaseConfig] | None = None) -> None:
         self.config = config
+        self.databases = dict(databases or {})  # the configured databases (where the source is, for people)
         self.store = store or ApprovalStore(config.table)
         self._signer = signer
         self.sealer = sealer or TokenSealer(config.token_key)
         self.clock = clock or (lambda: _now())
 
     @classmethod
-    def from_env(cls) -> ApprovalService:
-        return cls(ApprovalConfig.from_env())
+    def from_settings(cls, settings: Settings) -> ApprovalService:
+        """The service of the stack these settings describe (SettingsInvalid naming what is not configured)."""
+        return cls(settings.approval.required(), databases=settings.stack.database_map())
 
     @property
     def signer(self) -> Signer:
@@ -274,7 +275,7 @@ class ApprovalService:
         now = self.clock()
         timeout = int(req.plan.get("approval_timeout_seconds") or 86400)
         expires_at = int(now) + timeout
-        facts = build_facts(req, now, expires_at)
+        facts = build_facts(req, now, expires_at, self.databases)
         record = ApprovalRecord(approval_id=req.approval_id, execution=req.execution, database=facts["database"],
                                 requested_at=facts["requested_at"], expires_at=expires_at, facts=facts)
         sealed = self.sealer.seal(req.task_token, req.approval_id)

@@ -6,7 +6,10 @@ A stop signal raises `Interrupted` in the main thread (pgtools.stop_signals): th
 pg tools (and their workers), removes its partial output (archive, multipart upload, work folder),
 marks a restore target FAILED (interrupted), and prints one line. A second signal during that
 cleanup is ignored; SIGKILL still ends pgrunbook at once, and the kernel and the guardian process
-then stop the pg tools and remove the partial output (see pgtools)."""
+then stop the pg tools and remove the partial output (see pgtools).
+
+`main` reads the Settings once (settings.Settings.from_env: a bad variable is a usage error naming it)
+and passes them to the subcommand: `handler(args, settings)`."""
 
 from __future__ import annotations
 
@@ -60,10 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_cli_logging(verbose=args.verbose, quiet=args.quiet)
     from ..pgtools import stop_signals
+    from ..settings import Settings
 
     try:
+        settings = Settings.from_env()
         with stop_signals():
-            return int(args.handler(args) or 0)
+            return int(args.handler(args, settings) or 0)
     except PgrunbookError as exc:
         print(f"pgrunbook: error: {mask_secrets(str(exc))}", file=sys.stderr)  # noqa: T201
         return exc.exit_code

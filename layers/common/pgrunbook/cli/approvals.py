@@ -14,11 +14,11 @@ refused (exit 1) and names the first one."""
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import Any
 
 from ..errors import UsageError
+from ..settings import Settings
 from .common import add_json, emit
 
 ENDPOINT_ENV = "PGRUNBOOK_APPROVAL_URL"
@@ -60,10 +60,10 @@ def register(sub: Any) -> None:
     rj.set_defaults(handler=_decide, decision="reject")
 
 
-def _client(args: argparse.Namespace) -> Any:
+def _client(args: argparse.Namespace, settings: Settings) -> Any:
     from ..approval.client import ApiClient
 
-    endpoint = args.endpoint or os.environ.get(ENDPOINT_ENV)
+    endpoint = args.endpoint or settings.approval.base_url
     if not endpoint:
         raise UsageError(f"no approval endpoint: pass --endpoint URL or set {ENDPOINT_ENV} "
                          "(the stack's output ApprovalUrl)")
@@ -76,8 +76,8 @@ def _when(ts: Any) -> str:
     return iso(float(ts)) if ts else "-"
 
 
-def _list(args: argparse.Namespace) -> int:
-    approvals = _client(args).list()
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    approvals = _client(args, settings).list()
 
     def text() -> str:
         if not approvals:
@@ -97,13 +97,13 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace) -> int:
-    data = _client(args).show(args.approval_id)
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    data = _client(args, settings).show(args.approval_id)
     emit(args, data, lambda: str(data.get("text") or data.get("message")))
     return 0
 
 
-def _decide(args: argparse.Namespace) -> int:
-    data = _client(args).decide(args.approval_id, args.decision, args.name, args.comment)
+def _decide(args: argparse.Namespace, settings: Settings) -> int:
+    data = _client(args, settings).decide(args.approval_id, args.decision, args.name, args.comment)
     emit(args, data, lambda: str(data.get("message")))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..settings import COMPRESSIONS, KINDS
+from ..settings import COMPRESSIONS, KINDS, Settings
 from .common import add_json, emit, human_age, human_bytes, printable
 
 
@@ -52,7 +52,7 @@ def register(sub: Any) -> None:
     ls.set_defaults(handler=cmd_list)
 
 
-def cmd_backup(args: argparse.Namespace) -> int:
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     from ..backup import BackupOptions, run_backup
     from ..store import open_store
 
@@ -60,7 +60,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
         open_store(args.dest)  # an empty --to or a bad s3:// prefix is a usage error before connecting
     result = run_backup(BackupOptions(database_url=args.database_url, dest=args.dest, out=args.out, kind=args.kind,
                                       compress=args.compress, jobs=args.jobs, overwrite=args.overwrite,
-                                      app_version=args.app_version, lock_wait_timeout=args.lock_wait_timeout))
+                                      app_version=args.app_version, lock_wait_timeout=args.lock_wait_timeout),
+                        settings)
     emit(args, result.to_dict(), lambda: (
         f"backup of {printable(result.database)} done in {result.seconds:.1f}s\n"
         f"  archive   {result.archive} ({human_bytes(result.bytes)}, {result.format})\n"
@@ -70,7 +71,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify_backup(args: argparse.Namespace) -> int:
+def cmd_verify_backup(args: argparse.Namespace, settings: Settings) -> int:
     from ..archive import ArchiveRef, verify_archive
 
     report = verify_archive(ArchiveRef.from_uri(args.uri))
@@ -80,10 +81,10 @@ def cmd_verify_backup(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from ..catalog_list import list_backups
 
-    backups = list_backups(args.dest)
+    backups = list_backups(args.dest, settings=settings)
     rows = [b.to_dict() for b in backups]
 
     def text() -> str:

@@ -5,11 +5,11 @@ proven; 1 failed (for cutover: rolled back or refused, the reason in one line); 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
 from ..errors import PgrunbookError, UsageError
+from ..settings import Settings
 from .common import add_json, emit
 
 
@@ -91,27 +91,27 @@ def register(sub: Any) -> None:
     t.set_defaults(handler=cmd_retire)
 
 
-def _webhook_key(args: argparse.Namespace) -> bytes | None:
+def _webhook_key(args: argparse.Namespace, settings: Settings) -> bytes | None:
     name = args.webhook_secret_env
     if not name:
         return None
     if not args.webhook:
         raise UsageError("--webhook-secret-env goes with --webhook")
-    value = os.environ.get(name)
+    value = settings.variable(name)
     if not value:
         raise UsageError(f"--webhook-secret-env {name}: the variable is not set")
     return value.encode()
 
 
-def _notify(report: Any) -> None:
+def _notify(report: Any, settings: Settings) -> None:
     """Send the report to $PGRUNBOOK_TOPIC_ARN when one is set (the same notification as the state machine)."""
     from ..reporting import cutover_notification
 
-    cutover_notification(report.to_dict())
+    cutover_notification(report.to_dict(), settings)
 
 
-def _finish(args: argparse.Namespace, report: Any, error: PgrunbookError | None) -> int:
-    _notify(report)
+def _finish(args: argparse.Namespace, report: Any, error: PgrunbookError | None, settings: Settings) -> int:
+    _notify(report, settings)
     emit(args, report.to_dict(), report.text)
     if error is not None:
         from ..dburl import mask_secrets
@@ -121,17 +121,17 @@ def _finish(args: argparse.Namespace, report: Any, error: PgrunbookError | None)
     return 0
 
 
-def cmd_cutover(args: argparse.Namespace) -> int:
+def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     from ..cutover.run import CutoverOptions, ProofOptions, report_of, run_cutover
 
-    old = args.old_url or os.environ.get("DATABASE_URL")
+    old = args.old_url or settings.database_url
     if not old:
         raise UsageError("no old database: pass --old-url or set DATABASE_URL")
     if args.app_user and args.app_name:
         raise UsageError("match sessions by --app-user or by --app-name, not both")
     opts = CutoverOptions(
         new_url=args.new_url, old_url=old, secret_id=args.secret_id, secret_key=args.secret_key,
-        ecs_service=args.ecs_service, webhook_url=args.webhook, webhook_key=_webhook_key(args),
+        ecs_service=args.ecs_service, webhook_url=args.webhook, webhook_key=_webhook_key(args, settings),
         roll_timeout=args.roll_timeout, freeze=args.freeze, freeze_grace=args.freeze_grace, manifest=args.manifest,
         retire_after_days=args.retire_after_days,
         proof=ProofOptions(ready_url=args.ready_url, ready_timeout=args.ready_timeout, alarms=tuple(args.alarm),
@@ -144,18 +144,18 @@ def cmd_cutover(args: argparse.Namespace) -> int:
         found = report_of(exc)
         if found is None:
             raise
-        return _finish(args, found, exc)
-    return _finish(args, report, None)
+        return _finish(args, found, exc, settings)
+    return _finish(args, report, None, settings)
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     from ..cutover.run import ProofOptions, RollbackOptions, report_of, run_rollback
 
     ready = None
     if args.ready_url:
         ready = ProofOptions(ready_url=args.ready_url, ready_timeout=args.ready_timeout, poll=args.poll)
     opts = RollbackOptions(secret_id=args.secret_id, secret_key=args.secret_key, ecs_service=args.ecs_service,
-                           webhook_url=args.webhook, webhook_key=_webhook_key(args), ready=ready,
+                           webhook_url=args.webhook, webhook_key=_webhook_key(args, settings), ready=ready,
                            to_version=args.to_version, old_url=args.old_url, force=args.force,
                            roll_timeout=args.roll_timeout, poll=args.poll)
     try:
@@ -164,11 +164,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         found = report_of(exc)
         if found is None:
             raise
-        return _finish(args, found, exc)
-    return _finish(args, report, None)
+        return _finish(args, found, exc, settings)
+    return _finish(args, report, None, settings)
 
 
-def cmd_retire(args: argparse.Namespace) -> int:
+def cmd_retire(args: argparse.Namespace, settings: Settings) -> int:
     from ..cutover.retire import run_retire
 
     result = run_retire(args.database_url, force=args.force, confirm=args.confirm)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..settings import Settings
 
 
 def register(sub: Any) -> None:
@@ -34,7 +35,7 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_demo)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     import logging
 
     from ..demo import DEFAULT_ROWS, DemoConfig, Narrator, run_demo, sample_sizes

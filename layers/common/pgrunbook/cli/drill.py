@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..settings import Settings
 from .common import add_json, emit
 
 
@@ -33,13 +34,13 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_drill)
 
 
-def cmd_drill(args: argparse.Namespace) -> int:
+def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
     from ..drill import DrillOptions, run_drill
     from ..verify import HttpCheck
 
     report = run_drill(DrillOptions(dest=args.dest, backup=args.backup, database=args.database,
                                     server_url=args.server_url, provisioner=args.provisioner, keep=args.keep,
                                     jobs=args.jobs, work_dir=args.work_dir, app_url=args.app_url,
-                                    checks=tuple(HttpCheck.parse(c) for c in args.check)))
+                                    checks=tuple(HttpCheck.parse(c) for c in args.check)), settings)
     emit(args, report.to_dict(), report.text)
     return 0 if report.verified else 1

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from typing import Any
 
 from ..errors import UsageError
+from ..settings import Settings
 from .common import add_json
 
 
@@ -54,7 +54,7 @@ def _machine_id(name: str, known: list[str]) -> str:
     raise UsageError(f"unknown state machine {name!r}: one of {names}")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     from ..dburl import DatabaseUrl
     from ..local import LocalCloud, LocalDatabase, load_template, state_machine_specs
 
@@ -74,8 +74,8 @@ def _run(args: argparse.Namespace) -> int:
         if not sep or not name or not url:
             raise UsageError(f"--database wants NAME=URL, not {spec!r}")
         databases.append(LocalDatabase(name, url))
-    if not databases and os.environ.get("DATABASE_URL"):
-        url = os.environ["DATABASE_URL"]
+    if not databases and settings.database_url:
+        url = settings.database_url
         databases.append(LocalDatabase(DatabaseUrl.parse(url).dbname, url))
     if not databases:
         raise UsageError("no database: pass --database NAME=URL or set DATABASE_URL")

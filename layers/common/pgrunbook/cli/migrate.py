@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
+from ..settings import Settings
 from .common import add_json, emit
 
 ENV_DIR = "PGRUNBOOK_MIGRATIONS_DIR"
@@ -102,35 +102,33 @@ def register(sub: Any) -> None:
     s.set_defaults(handler=cmd_status)
 
 
-def _dir(args: argparse.Namespace) -> str:
-    return str(args.migrations or os.environ.get(ENV_DIR) or "prisma/migrations")
+def _dir(args: argparse.Namespace, settings: Settings) -> str:
+    return str(args.migrations or settings.migrate.migrations_dir)
 
 
-def _apply_options(args: argparse.Namespace) -> Any:
+def _apply_options(args: argparse.Namespace, settings: Settings) -> Any:
     from ..migrations.lock import DEFAULT_WAIT_SECONDS
     from ..migrations.runner import DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT, ApplyOptions
 
     return ApplyOptions(
-        lock_timeout=getattr(args, "lock_timeout", None) or os.environ.get("PGRUNBOOK_MIGRATE_LOCK_TIMEOUT")
-        or DEFAULT_LOCK_TIMEOUT,
-        statement_timeout=getattr(args, "statement_timeout", None)
-        or os.environ.get("PGRUNBOOK_MIGRATE_STATEMENT_TIMEOUT") or DEFAULT_STATEMENT_TIMEOUT,
+        lock_timeout=getattr(args, "lock_timeout", None) or settings.migrate.lock_timeout or DEFAULT_LOCK_TIMEOUT,
+        statement_timeout=getattr(args, "statement_timeout", None) or settings.migrate.statement_timeout
+        or DEFAULT_STATEMENT_TIMEOUT,
         wait_for_lock=args.wait_for_lock if getattr(args, "wait_for_lock", None) is not None else DEFAULT_WAIT_SECONDS)
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from ..errors import Interrupted
     from ..migrations.pipeline import LintBlocked, MigrateOptions, RehearsalFailed, run_migrate
 
     opts = MigrateOptions(
-        database_url=args.database_url, migrations_dir=_dir(args), backup_to=args.backup_to,
-        skip_backup=args.skip_backup, reason=args.reason,
-        lint=args.lint or os.environ.get("PGRUNBOOK_MIGRATE_LINT") or "strict",
-        app_version=args.app_version or os.environ.get("APP_VERSION") or None, baseline=args.baseline,
+        database_url=args.database_url, migrations_dir=_dir(args, settings), backup_to=args.backup_to,
+        skip_backup=args.skip_backup, reason=args.reason, lint=args.lint or settings.migrate.lint,
+        app_version=args.app_version or settings.migrate.app_version, baseline=args.baseline,
         rehearse=args.rehearse, require_rehearsal=args.require_rehearsal, rehearse_from=args.rehearse_from,
-        rehearse_on=args.rehearse_on, rehearse_server=args.rehearse_server, apply=_apply_options(args))
+        rehearse_on=args.rehearse_on, rehearse_server=args.rehearse_server, apply=_apply_options(args, settings))
     try:
-        report = run_migrate(opts)
+        report = run_migrate(opts, settings)
     except (LintBlocked, RehearsalFailed) as exc:
         emit(args, exc.report.to_dict(), exc.report.text)
         raise
@@ -142,43 +140,39 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_resolve(args: argparse.Namespace) -> int:
+def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
     from ..dburl import DatabaseUrl
     from ..migrations import read_migrations, resolve
-    from ..settings import Settings
 
-    settings = Settings.from_env()
     url = DatabaseUrl.parse(args.database_url or settings.database_url, what="database URL")
-    result = resolve(url, read_migrations(_dir(args)), applied=args.applied, rolled_back=args.rolled_back,
-                     options=_apply_options(args))
+    result = resolve(url, read_migrations(_dir(args, settings)), applied=args.applied, rolled_back=args.rolled_back,
+                     options=_apply_options(args, settings))
     emit(args, result.to_dict(), lambda: (
         f"migration {result.migration} marked as {result.action} in _prisma_migrations"
         + (" (it will run again on the next deploy)" if result.action == "rolled-back" else "")))
     return 0
 
 
-def cmd_lint(args: argparse.Namespace) -> int:
+def cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
     from ..errors import UsageError
     from ..migrations import lint_migrations, read_migrations
 
-    migrations = read_migrations(_dir(args))
+    migrations = read_migrations(_dir(args, settings))
     if args.names:
         unknown = set(args.names) - {m.name for m in migrations}
         if unknown:
-            raise UsageError(f"no such migration in {_dir(args)}: {', '.join(sorted(unknown))}")
+            raise UsageError(f"no such migration in {_dir(args, settings)}: {', '.join(sorted(unknown))}")
         migrations = [m for m in migrations if m.name in args.names]
-    report = lint_migrations(migrations, args.lint, server_major=args.pg_version or 16)
+    report = lint_migrations(migrations, args.lint, server_major=args.pg_version or 16, squawk=settings.squawk)
     emit(args, report.to_dict(), report.text)
     return 1 if report.blocked else 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from ..dburl import DatabaseUrl
     from ..migrations import read_migrations, read_status
-    from ..settings import Settings
 
-    settings = Settings.from_env()
     url = DatabaseUrl.parse(args.database_url or settings.database_url, what="database URL")
-    report = read_status(url, read_migrations(_dir(args)), _dir(args))
+    report = read_status(url, read_migrations(_dir(args, settings)), _dir(args, settings))
     emit(args, report.to_dict(), report.text)
     return report.exit_code

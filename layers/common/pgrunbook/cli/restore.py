@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..settings import Settings
 from .common import add_json, emit, human_bytes
 
 
@@ -54,12 +55,12 @@ def register(sub: Any) -> None:
     v.set_defaults(handler=cmd_verify)
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from ..restore import RestoreOptions, run_restore
 
     result = run_restore(RestoreOptions(file=args.file, target_url=args.target_url, force=args.force,
                                         jobs=args.jobs, no_owner=args.no_owner, analyze=not args.no_analyze,
-                                        work_dir=args.work_dir))
+                                        work_dir=args.work_dir), settings)
     emit(args, result.to_dict(), lambda: "\n".join([
         f"restored {result.archive} into {result.target} in {result.seconds:.1f}s",
         f"  archive   {human_bytes(result.bytes)}, {result.format}, sha256 {result.sha256} (verified)",
@@ -71,12 +72,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from ..verify import HttpCheck, VerifyOptions, run_verify
 
     report = run_verify(VerifyOptions(database_url=args.database_url, manifest=args.manifest, app_url=args.app_url,
                                       checks=tuple(HttpCheck.parse(c) for c in args.check),
                                       sign_in=HttpCheck.parse(args.sign_in) if args.sign_in else None,
-                                      default_http=not args.no_default_checks, http_timeout=args.http_timeout))
+                                      default_http=not args.no_default_checks, http_timeout=args.http_timeout),
+                        settings)
     emit(args, report.to_dict(), report.text)
     return 0 if report.ok else 1

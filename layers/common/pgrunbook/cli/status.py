@@ -12,10 +12,10 @@ not be read), 2 on usage errors. An open approval is shown, not counted as a pro
 from __future__ import annotations
 
 import argparse
-import os
 from datetime import UTC, datetime
 from typing import Any
 
+from ..settings import Settings
 from .common import add_json, emit, human_age, human_bytes, printable
 
 BACKUP_MAX_HOURS, DRILL_MAX_DAYS, PITR_MIN_DAYS, PITR_MAX_LAG_MINUTES = 26, 35, 7, 15
@@ -115,39 +115,35 @@ def text_row(r: dict[str, Any]) -> str:
             f"approvals open {approvals}  {verdict}")
 
 
-def _pending(name: str, source: str) -> int:
+def _pending(name: str, source: str, settings: Settings) -> int:
     from ..dburl import DatabaseUrl
-    from ..lambda_support import database_config, database_url
+    from ..lambda_support import database_url
     from ..migrations.files import read_migrations
     from ..migrations.runner import open_connection
     from ..migrations.service import fetch_migrations
     from ..migrations.status import compute_status
 
-    url = DatabaseUrl.parse(database_url(database_config(name)))
+    url = DatabaseUrl.parse(database_url(settings.database(name)))
     migrations = read_migrations(fetch_migrations(source))
     with open_connection(url) as conn:
         status = compute_status(conn, migrations, database=url.display(), migrations_dir=source)
     return len(status.local if not status.managed else status.pending)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
 
-    from ..approval.config import TABLE_ENV
     from ..errors import UsageError
-    from ..lambda_support import configured_databases
     from ..oncall import collect
-    from ..settings import Settings
 
-    settings = Settings.from_env()
     if args.dest:
         settings = replace(settings, backup_dest=args.dest)
-    if not configured_databases():
+    if not settings.stack.databases:
         raise UsageError("no databases configured: set PGRUNBOOK_DATABASES as the stack does "
                          "(the DatabasesJson parameter)")
     now = datetime.now(UTC)
-    approvals = open_approvals(args.approvals_table or os.environ.get(TABLE_ENV), now)
-    rows = [database_row(f, now, _pending(f.name, args.migrations) if args.migrations else None, approvals)
+    approvals = open_approvals(args.approvals_table or settings.approval.table or None, now)
+    rows = [database_row(f, now, _pending(f.name, args.migrations, settings) if args.migrations else None, approvals)
             for f in collect(settings, now=now, pitr=not args.no_pitr)]
     data = {"databases": rows, "ok": all(r["ok"] for r in rows), "at": now.isoformat()}
     emit(args, data, lambda: "\n".join(text_row(r) for r in rows))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -29,6 +28,7 @@ from psycopg import sql
 from .. import aws, catalog
 from ..dburl import DatabaseUrl, mask_secrets
 from ..errors import CutoverError, PgrunbookError, ProductionReadyFailed
+from ..settings import Settings
 from ..verify import CheckResult, HttpCheck, http_check
 from . import dbstate, proof
 from .config import StagingConfig
@@ -171,57 +171,45 @@ def _settings_text(settings: dict[str, str]) -> str:
 # --------------------------------------------------------------------------- production-ready: RDS target
 def kept_identifier(database: str, execution: str) -> str:
     """The kept candidate's instance identifier: outside the teardown role's `pgrb-<stack>-` prefix."""
-    from ..operations import target_identifier
+    from ..provision.rds import target_identifier
 
     return target_identifier(database, execution, prefix="pgrunbook-kept")
 
 
 def rds_production_ready(ref: Any, *, source_name: str, execution: str,
-                         parameter_group: str | None) -> tuple[str, dict[str, Any]]:
-    """One poll of making an RDS candidate production-ready: ("modifying", ref) until it is available under
-    its kept name with the production parameter group in sync, then ("ready", ref with the new endpoint)."""
+                         settings: Settings) -> tuple[str, dict[str, Any]]:
+    """One poll of making an RDS candidate production-ready: the RDS provisioner's production settings
+    (provision.rds: parameter group, backup retention) plus a kept name, deletion protection and kept
+    tags. ("modifying", ref) until it is available under its kept name with the production settings in
+    sync, then ("ready", ref with the new endpoint)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from ..operations import TAG_KEEP, TAG_PURPOSE
-    from ..provision.rds import RdsProvisioner, RdsSettings
+    from ..errors import ProvisionFailed
+    from ..provision.rds import TAG_KEEP, TAG_PURPOSE, RdsProvisioner, describe
 
     rds = aws.client("rds")
+    provisioner = RdsProvisioner.of(settings)
     kept = kept_identifier(source_name, execution)
-    settings = RdsSettings.from_env()
-
-    def describe(ident: str) -> dict[str, Any] | None:
-        try:
-            return dict(rds.describe_db_instances(DBInstanceIdentifier=ident)["DBInstances"][0])
-        except ClientError as exc:
-            if "NotFound" in aws_reason(exc):
-                return None
-            raise ProductionReadyFailed(f"RDS: cannot describe {ident}: {aws_reason(exc)}") from None
-
     try:
         inst = describe(kept)
         if inst is None:  # first call: rename, production settings, protection, tags
             current = describe(ref["name"])
             if current is None:
                 raise ProductionReadyFailed(f"RDS instance {ref['name']} not found")
-            major = str(current.get("EngineVersion") or "18").split(".")[0]
-            group = parameter_group or f"default.postgres{major}"
-            provisioner = RdsProvisioner(replace(settings, parameter_group=group))
-            args = provisioner.production_arguments(ref["name"])
+            args = provisioner.production_arguments(ref["name"], current.get("EngineVersion"))
             # tags first: the sweeper and the teardown read them; the rename keeps them
             rds.add_tags_to_resource(ResourceName=str(current["DBInstanceArn"]), Tags=[
                 {"Key": TAG_KEEP, "Value": "cutover"}, {"Key": TAG_PURPOSE, "Value": "cutover-candidate"}])
             rds.modify_db_instance(**args, NewDBInstanceIdentifier=kept, DeletionProtection=True)
             return "modifying", {**ref, "status": "modifying"}
-        pending = inst.get("PendingModifiedValues") or {}
-        groups = inst.get("DBParameterGroups") or []
-        if str(inst.get("DBInstanceStatus")) != "available" or pending:
-            return "modifying", {**ref, "name": kept, "status": "modifying"}
-        if any(g.get("ParameterApplyStatus") == "pending-reboot" for g in groups):
-            rds.reboot_db_instance(DBInstanceIdentifier=kept)
+        status, _ = provisioner.finish_for_production(kept)
+        if status != "ready":
             return "modifying", {**ref, "name": kept, "status": "modifying"}
     except (ClientError, BotoCoreError) as exc:
         raise ProductionReadyFailed(f"RDS refused to make {ref['name']} production-ready: {aws_reason(exc)}") \
             from None
+    except ProvisionFailed as exc:
+        raise ProductionReadyFailed(str(exc)) from None
     endpoint = inst.get("Endpoint") or {}  # (statistics: the restore ran ANALYZE; a reboot keeps them)
     return "ready", {**ref, "name": kept, "status": "available", "host": endpoint.get("Address") or ref.get("host"),
                      "port": int(endpoint.get("Port") or ref.get("port") or 5432)}

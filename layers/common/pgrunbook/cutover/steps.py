@@ -36,7 +36,7 @@ from .. import operations
 from ..dburl import DatabaseUrl
 from ..errors import CountsDiffer, CutoverError, CutoverRefused, PgrunbookError, ProductionReadyFailed, UsageError
 from ..events import EventError, TargetRef
-from ..lambda_support import database_config, database_url, describe_failure
+from ..lambda_support import database_url, describe_failure
 from ..settings import Settings
 from ..verify import CheckResult, VerifyReport
 from . import dbstate, prepare
@@ -67,7 +67,7 @@ class Context:
 
     @property
     def source_url(self) -> str:
-        return database_url(database_config(self.database))
+        return database_url(self.settings.database(self.database))
 
     @property
     def source(self) -> DatabaseUrl:
@@ -75,7 +75,7 @@ class Context:
 
     @property
     def candidate(self) -> DatabaseUrl:
-        return DatabaseUrl.parse(operations.target_url(self.ref))
+        return DatabaseUrl.parse(operations.target_url(self.ref, self.settings))
 
     def slot(self) -> SecretSlot:
         if not self.cfg.app_secret_id:
@@ -242,7 +242,7 @@ def do_keep(ctx: Context) -> dict[str, Any]:
     if ctx.ref.kind == "rds":
         status, ref = prepare.rds_production_ready(ctx.ref.to_dict(), source_name=ctx.database,
                                                    execution=ctx.execution,
-                                                   parameter_group=ctx.cfg.rds_production_parameter_group)
+                                                   settings=ctx.settings)
         return {"status": status, "target": ref, "polls": polls}
     with dbstate.manage(ctx.candidate) as conn:
         from psycopg import sql

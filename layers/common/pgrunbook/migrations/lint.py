@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -356,8 +355,8 @@ def _constraint(st: Statement, table: str, action: str, add: Any, not_valid_adde
 
 # --- squawk -------------------------------------------------------------------------------
 
-def squawk_binary() -> str | None:
-    explicit = os.environ.get("PGRUNBOOK_SQUAWK")
+def squawk_binary(explicit: str | None = None) -> str | None:
+    """`explicit` (Settings.squawk, PGRUNBOOK_SQUAWK), else squawk beside this Python, else on PATH."""
     if explicit:
         return explicit
     beside = Path(sys.executable).parent / "squawk"
@@ -412,13 +411,13 @@ def _ignored(directives: list[str], names: set[str]) -> bool:
 
 
 def lint_migrations(migrations: list[Migration], mode: str = "strict", *, use_squawk: bool = True,
-                    server_major: int | None = None) -> LintReport:
+                    server_major: int | None = None, squawk: str | None = None) -> LintReport:
     if mode not in LINT_MODES:
         raise UsageError(f"--lint must be one of {', '.join(LINT_MODES)}, not {mode!r}")
     report = LintReport(mode=mode, migrations=[m.name for m in migrations], findings=[], squawk=None)
     if mode == "off" or not migrations:
         return report
-    binary = squawk_binary() if use_squawk else None
+    binary = squawk_binary(squawk) if use_squawk else None
     if binary:
         report.squawk = squawk_version(binary)
         if report.squawk is None:

@@ -189,9 +189,10 @@ def check_history(url: DatabaseUrl, migrations: list[Migration], migrations_dir:
     return HistoryCheck(status=status, pending=pending, server_major=server_major)
 
 
-def lint_gate(pending: list[Migration], mode: str, server_major: int) -> LintReport:
-    """Step 3: the lint gate on the pending migrations (`.blocked` in strict mode on an error finding)."""
-    return lint_migrations(pending, mode, server_major=server_major)
+def lint_gate(pending: list[Migration], mode: str, server_major: int, squawk: str | None = None) -> LintReport:
+    """Step 3: the lint gate on the pending migrations (`.blocked` in strict mode on an error finding);
+    `squawk`: Settings.squawk."""
+    return lint_migrations(pending, mode, server_major=server_major, squawk=squawk)
 
 
 def lint_summary(report: LintReport) -> str:
@@ -263,7 +264,7 @@ def run_migrate(opts: MigrateOptions, settings: Settings | None = None) -> Migra
         return done("up-to-date")
 
     # 3. lint gate
-    report.lint = lint_gate(checked.pending, opts.lint, checked.server_major)
+    report.lint = lint_gate(checked.pending, opts.lint, checked.server_major, settings.squawk)
     if report.lint.blocked:
         done("blocked")
         raise LintBlocked(f"lint gate (strict) blocked {len(report.lint.errors)} finding(s) in the pending "

@@ -83,7 +83,7 @@ def handle(ev: MigrateEvent, database_url: str, settings: Settings) -> dict[str,
         return out
     if ev.action == "lint":
         checked = check_history(url, migrations, ev.migrations)
-        report = lint_gate(checked.pending, ev.lint, checked.server_major)
+        report = lint_gate(checked.pending, ev.lint, checked.server_major, settings.squawk)
         return {**base, **report.to_dict(), "summary": lint_summary(report)}
     if ev.action == "backup":
         backup = pre_migration_backup(database_url, settings.backup_dest, app_version=ev.app_version,

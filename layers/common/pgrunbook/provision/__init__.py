@@ -6,7 +6,7 @@
   production settings before verification;
 - `rds`: a new RDS instance created from settings (restore-tuned parameter group, no automated
   backups), switched to the production parameter group and backups before verification, deleted
-  after the drill.
+  after the drill. The same provisioner (provision.rds: non-blocking steps) serves the state machine.
 
 Every adapter: `create(dbname, roles)` -> ProvisionedTarget, `prepare_for_verify(target)` (reset to
 production settings + ANALYZE), `destroy(target)`.
@@ -32,8 +32,8 @@ class Provisioner(Protocol):
     def destroy(self, target: ProvisionedTarget) -> None: ...
 
 
-def get_provisioner(kind: str, *, server_url: str | None = None, work_dir: str | Path | None = None,
-                    settings: Settings | None = None) -> Provisioner:
+def get_provisioner(kind: str, *, settings: Settings, server_url: str | None = None,
+                    work_dir: str | Path | None = None) -> Provisioner:
     """The adapter for `kind` ("database" needs server_url; "local-instance" uses work_dir)."""
     if kind == "database":
         from .database import DatabaseProvisioner
@@ -44,11 +44,11 @@ def get_provisioner(kind: str, *, server_url: str | None = None, work_dir: str |
     if kind == "local-instance":
         from .local_instance import LocalInstanceProvisioner
 
-        return LocalInstanceProvisioner(Path(work_dir) if work_dir else None, pg_bin=(settings or Settings()).pg_bin)
+        return LocalInstanceProvisioner(Path(work_dir) if work_dir else None, pg_bin=settings.pg_bin)
     if kind == "rds":
-        from .rds import RdsProvisioner, RdsSettings
+        from .rds import RdsProvisioner
 
-        return RdsProvisioner(RdsSettings.from_env())
+        return RdsProvisioner.of(settings)
     raise UsageError(f"unknown provisioner {kind!r}: one of {', '.join(KINDS)}")
 
 
