@@ -28,7 +28,7 @@ from typing import IO, Any
 from .catalog import legacy_name
 from .errors import PgrunbookError, StoreError, UsageError
 from .manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest, parse_sha256_file
-from .pgtools import Tool, find_tool, run_captured, spawn, stop_on_error, tool_env, tool_error
+from .pgtools import Tool, failure_line, find_tool, run_captured, spawn, stop_on_error, tool_env
 from .store import Store, split_uri
 
 CHUNK = 1024 * 1024
@@ -354,7 +354,7 @@ def verify_archive(ref: ArchiveRef, *, require_sha256: bool = True) -> ArchiveRe
     if fmt == "plain":
         report.add("contents", rc == 0, err)
     elif rc != 0:
-        reason = str(tool_error("pg_restore", rc, err)).removeprefix("pg_restore failed: ")
+        reason = failure_line(rc, err)
         report.add("table of contents", False, reason)
     else:
         report.toc = parse_toc(out)

@@ -38,11 +38,11 @@ import psycopg
 
 from . import __version__, catalog, lockwait
 from .dburl import DatabaseUrl
-from .errors import BackupFailed, OutputExists, PgrunbookError, StoreError, UsageError
+from .errors import BackupFailed, OutputExists, PgrunbookError, StoreError, ToolError, UsageError
 from .manifest import MANIFEST_SUFFIX, MANIFEST_VERSION, SHA256_SUFFIX, Manifest, sha256_line
 from .manifest import _validator as manifest_validator
 from .manifest import contents as manifest_contents
-from .pgtools import StderrTail, Tool, ToolProcess, find_tool, guard_path, spawn, tool_env, tool_error
+from .pgtools import PgDump, RunningTool, ToolProcess, guard_path
 from .settings import COMPRESSIONS, KINDS, Settings
 from .store import LocalStore, ObjectWriter, Store, encode_segment, open_store
 
@@ -237,22 +237,19 @@ class _HashingSink:
 
 
 
-def _dump_args(dump: Tool, url: DatabaseUrl, snapshot: str, plan: _Plan, lock_wait: float) -> list[str]:
-    args = [str(dump.path), f"--dbname={url.conninfo()}", f"--snapshot={snapshot}", "--no-password"]
-    if lock_wait > 0:
-        args.append(f"--lock-wait-timeout={lockwait.limit_ms(lock_wait)}")
-    if plan.fmt == "plain":
-        args += ["--format=plain"]
-    elif plan.fmt == "custom":
-        args += ["--format=custom", f"--compress={plan.compression.replace('none', '0')}"]
-    return args
+def _start_dump(dump: PgDump, snapshot: str, plan: _Plan, lock_wait: float, staging: Path | None) -> RunningTool:
+    """pg_dump on the exported snapshot: to stdout (custom, plain), or into the staging folder (parallel)."""
+    return dump.start_dump(snapshot=snapshot, fmt="directory" if staging is not None else plan.fmt,
+                           compression=plan.compression, jobs=plan.jobs,
+                           lock_wait_ms=lockwait.limit_ms(lock_wait) if lock_wait > 0 else None,
+                           directory=staging / "dump" if staging is not None else None)
 
 
-def _dump_failed(returncode: int, stderr: str, watch: lockwait.LockWatch) -> PgrunbookError:
+def _dump_failed(dumping: RunningTool, watch: lockwait.LockWatch) -> PgrunbookError:
     """pg_dump's failure as one line: a LockTimeout naming the table and who blocks it, or its first error."""
-    if lockwait.dump_gave_up_on_lock(stderr):
+    if lockwait.dump_gave_up_on_lock(dumping.stderr):
         return watch.timeout_error()
-    return tool_error("pg_dump", returncode, stderr)
+    return ToolError(f"pg_dump failed: {dumping.failure()}")
 
 
 def _pump_stream(proc: subprocess.Popen[bytes], sink: _HashingSink, gzip_level: int | None) -> None:
@@ -360,7 +357,8 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
     conn = catalog.connect(url, autocommit=True, application=tag)
     try:
         identity = catalog.server_identity(conn)
-        dump = find_tool("pg_dump", min_major=identity.major, pg_bin=settings.pg_bin)
+        dump = PgDump.find(url, min_major=identity.major, pg_bin=settings.pg_bin, server_major=identity.major,
+                           env={"PGAPPNAME": tag})
         plan = _plan(opts, settings, identity.database, started, identity.database_size_bytes)
         plan.store.check_writable()
         log.info("backup started", extra={"source": url.display(), "archive": plan.store.uri(plan.key),
@@ -380,17 +378,12 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
         watch = lockwait.LockWatch(url, tag, lock_wait)
         try:
             sink = _HashingSink(writer, plan.store.uri(plan.key), parallel_hash=plan.fmt == "directory-tar")
-            args = _dump_args(dump, url, snapshot, plan, lock_wait)
             if plan.fmt == "directory-tar":
                 staging = Path(tempfile.mkdtemp(prefix="pgrunbook-dump-"))
                 staging_guard = guard_path(staging)
-                # --no-sync: the staged files are temporary; only the packed archive is flushed to disk
-                args += ["--format=directory", f"--jobs={plan.jobs}", "--no-sync",
-                         f"--compress={plan.compression.replace('none', '0')}", f"--file={staging / 'dump'}"]
             watch.start()
-            proc = spawn(args, env=tool_env({**url.tool_env(), "PGAPPNAME": tag}, server_major=identity.major))
-            assert proc.stderr is not None
-            errors = StderrTail(proc.stderr)
+            dumping = _start_dump(dump, snapshot, plan, lock_wait, staging)
+            proc = dumping.proc
             if on_dump_started:
                 on_dump_started(proc)
             pump_error: list[BaseException] = []
@@ -428,7 +421,7 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
                 counting.clear()
                 if proc.poll() not in (None, 0):  # pg_dump failed first and the counts were cancelled
                     pumper.join()
-                    raise _dump_failed(proc.wait(), errors.text, watch) from None
+                    raise _dump_failed(dumping, watch) from None
                 if isinstance(exc, psycopg.errors.LockNotAvailable):
                     raise watch.timeout_error() from None
                 raise
@@ -440,7 +433,7 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
             if pump_error:
                 raise pump_error[0]
             if returncode != 0:
-                raise _dump_failed(returncode, errors.text, watch)
+                raise _dump_failed(dumping, watch)
             watch.stop()
             if staging is not None:
                 _tar_directory(staging / "dump", sink)

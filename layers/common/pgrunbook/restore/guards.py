@@ -20,7 +20,7 @@ import psycopg
 
 from .. import catalog
 from ..dburl import DatabaseUrl, mask_secrets
-from ..errors import PgrunbookError, PrivilegeRefused, TargetRefused
+from ..errors import PgrunbookError, PrivilegeRefused, TargetNotEmpty, TargetRefused
 from ..manifest import Manifest
 from ..settings import Settings
 from .marks import database_mark, refuse_marked
@@ -243,7 +243,7 @@ def check_target(url: DatabaseUrl, info: TargetInfo, needs: Needs, allow_no_owne
                 "of the servers is not readable); the target is empty, so nothing is overwritten")
     refuse_marked(url, info.mark)
     if info.objects:
-        raise TargetRefused(
+        raise TargetNotEmpty(
             f"the target {url.display()} is not empty ({', '.join(info.objects[:5])}"
             f"{', ...' if len(info.objects) > 5 else ''}): restore only into a new, empty database")
     if needs.source_major is not None and ident.major < needs.source_major:
@@ -339,4 +339,4 @@ def refuse_changed(url: DatabaseUrl) -> None:
         objects = target_objects(conn)
         refuse_marked(url, database_mark(conn))
     if objects:
-        raise PgrunbookError(f"the target {url.display()} stopped being empty ({', '.join(objects[:5])})")
+        raise TargetNotEmpty(f"the target {url.display()} stopped being empty ({', '.join(objects[:5])})")

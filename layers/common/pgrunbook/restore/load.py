@@ -9,15 +9,15 @@ drops ownership (and with `no_acl` grant) statements outside COPY data only.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
-import subprocess
 import threading
 import time
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 from psycopg import sql
@@ -25,8 +25,8 @@ from psycopg import sql
 from .. import catalog
 from ..archive import CHUNK
 from ..dburl import DatabaseUrl, mask_secrets
-from ..errors import PgrunbookError
-from ..pgtools import StderrTail, Tool, ToolProcess, spawn, tool_env
+from ..errors import ChecksumMismatch, PgrunbookError, RestoreFailed
+from ..pgtools import PgRestore, Psql, Tool
 
 # Session settings for every restore connection (PGOPTIONS): the load is re-runnable from the
 # archive, so a lost commit on a crash costs nothing; index builds get a large memory budget.
@@ -38,69 +38,17 @@ RESTORE_SESSION = {
 }
 
 
-class RestoreFailed(PgrunbookError):
-    """pg_restore/psql failed part-way: the target is marked failed and must not be used."""
+def _tool_session(session: Mapping[str, str] | None) -> dict[str, str]:
+    return {**RESTORE_SESSION, **(session or {})}
 
 
-def _pgoptions(overrides: Mapping[str, str] | None) -> str:
-    merged = {**RESTORE_SESSION, **(overrides or {})}
-    ours = " ".join(f"-c {k}={v}" for k, v in merged.items())
-    existing = os.environ.get("PGOPTIONS", "").strip()
-    return f"{existing} {ours}".strip()
-
-
-_TOC_ENTRY = re.compile(r"from TOC entry \d+; \d+ \d+ (.+)$")
-
-
-def _pg_restore_failure(stderr: str) -> str:
-    """'<what failed>: <first error>' from pg_restore's stderr."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    error = next((ln for ln in lines if "error:" in ln), lines[-1] if lines else "no output")
-    error = re.sub(r"^pg_restore:\s*error:\s*", "", error)
-    error = re.sub(r"^could not execute query:\s*", "", error)
-    obj = next((m[1] for ln in lines if (m := _TOC_ENTRY.search(ln))), None)
-    if obj:
-        parts = obj.rsplit(" ", 1)  # drop the owner
-        obj = parts[0] if len(parts) == 2 else obj
-        return f"failed at {obj}: {error}"
-    return error
-
-
-def _psql_failure(stderr: str) -> str:
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    error = next((ln for ln in lines if "ERROR:" in ln or "FATAL:" in ln), lines[-1] if lines else "no output")
-    error = re.sub(r"^psql:[^:]*:\d+:\s*", "", error)
-    context = next((ln for ln in lines if ln.startswith(("CONTEXT:", "STATEMENT:"))), None)
-    where = re.search(r"psql:[^:]*:(\d+):", next((ln for ln in lines if "ERROR:" in ln), ""))
-    parts = [error]
-    if context:
-        parts.append(context[:200])
-    if where:
-        parts.append(f"at line {where[1]} of the script")
-    return " ".join(parts)
-
-
-def run_pg_restore(tool: Tool, url: DatabaseUrl, path: Path, jobs: int, no_owner: bool, no_acl: bool,
-                    session: Mapping[str, str] | None, server_major: int) -> None:
+def load_archive(tool: Tool, url: DatabaseUrl, path: Path, *, jobs: int, no_owner: bool, no_acl: bool,
+                 session: Mapping[str, str] | None, server_major: int) -> None:
     """pg_restore -j N into the target; on any exception (an interrupt too) pg_restore and its workers are
     stopped before it goes on, so nothing loads into the target afterwards."""
-    args = [str(tool.path), f"--dbname={url.conninfo()}", "--no-password", "--exit-on-error", f"--jobs={jobs}"]
-    if no_owner:
-        args.append("--no-owner")
-    if no_acl:
-        args.append("--no-acl")
-    args.append(str(path))
-    env = tool_env({**url.tool_env(), "PGOPTIONS": _pgoptions(session)}, server_major=server_major)
-    proc = spawn(args, env=env, stdout=subprocess.DEVNULL)
-    try:
-        assert proc.stderr is not None
-        errors = StderrTail(proc.stderr)
-        rc = proc.wait()
-    except BaseException:
-        proc.stop()
-        raise
-    if rc != 0:
-        raise RestoreFailed(f"pg_restore failed: {mask_secrets(_pg_restore_failure(errors.text))}")
+    pg_restore = PgRestore(tool, url, server_major=server_major, session=_tool_session(session))
+    with pg_restore.start_restore(path, jobs=jobs, no_owner=no_owner, no_acl=no_acl) as loading:
+        loading.check(RestoreFailed)
 
 
 _OWNER_LINE = re.compile(rb"^(ALTER [A-Z ]+ .* OWNER TO .*;|SET SESSION AUTHORIZATION .*;)\s*$")
@@ -143,45 +91,42 @@ class _PlainFilter:
         return b"".join(out)
 
 
-def run_psql(tool: Tool, url: DatabaseUrl, path: Path, gz: bool, no_owner: bool, no_acl: bool,
-              session: Mapping[str, str] | None, server_major: int) -> None:
-    """psql --single-transaction fed the script; on any exception (an interrupt too) psql is stopped
-    (its transaction rolls back) before it goes on."""
-    args = [str(tool.path), "-X", "-q", "-b", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--no-password",
-            f"--dbname={url.conninfo()}", "-f", "-"]
-    env = tool_env({**url.tool_env(), "PGOPTIONS": _pgoptions(session)}, server_major=server_major)
-    proc = spawn(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    try:
-        _feed_psql(proc, path, gz, no_owner, no_acl)
-    except BaseException:
-        proc.stop()
-        raise
+def load_script(tool: Tool, url: DatabaseUrl, path: Path, *, gz: bool, sha256: str, no_owner: bool, no_acl: bool,
+                session: Mapping[str, str] | None, server_major: int) -> None:
+    """psql --single-transaction fed the script. psql commits when its input ends, so its input ends only
+    after every byte of the file, hashed again on the way, proved to be the `sha256` verified before (a
+    file changed or cut since, or unreadable, stops psql: its transaction rolls back); on any exception
+    (an interrupt too) psql is stopped before it goes on."""
+    psql = Psql(tool, url, server_major=server_major, session=_tool_session(session))
+    with psql.start_script() as loading:
+        delivered = _feed(loading.stdin, path, gz, _PlainFilter(no_acl) if no_owner else None)
+        if delivered is not None and delivered != sha256:
+            raise ChecksumMismatch(f"{path.name} changed after it was verified (it now hashes to {delivered}, "
+                                   f"not {sha256}): nothing of it was committed")
+        with contextlib.suppress(BrokenPipeError, OSError):
+            loading.stdin.close()  # the end of the script: psql commits
+        loading.check(RestoreFailed, "psql failed (the whole restore was rolled back)")
 
 
-def _feed_psql(proc: ToolProcess, path: Path, gz: bool, no_owner: bool, no_acl: bool) -> None:
-    assert proc.stdin is not None and proc.stderr is not None
-    errors = StderrTail(proc.stderr)
+def _feed(stdin: IO[bytes], path: Path, gz: bool, filt: _PlainFilter | None) -> str | None:
+    """Write the script (inflated, filtered) to psql; the sha256 of the file's bytes, or None when psql
+    stopped reading (it failed: its exit status says why)."""
+    digest = hashlib.sha256()
     inflater = zlib.decompressobj(31) if gz else None
-    filt = _PlainFilter(no_acl) if no_owner else None
     try:
         with open(path, "rb") as fh:
             while chunk := fh.read(CHUNK):
+                digest.update(chunk)
                 data = inflater.decompress(chunk) if inflater else chunk
-                if filt:
-                    data = filt.feed(data)
-                proc.stdin.write(data)
+                stdin.write(filt.feed(data) if filt else data)
             tail = inflater.flush() if inflater else b""
-            if filt:
-                tail = filt.feed(tail) + filt.flush()
-            proc.stdin.write(tail)
-    except (BrokenPipeError, OSError):
-        pass  # psql stopped on an error: its exit status says why
-    with contextlib.suppress(BrokenPipeError, OSError):
-        proc.stdin.close()
-    rc = proc.wait()
-    if rc != 0:
-        raise RestoreFailed(f"psql failed (the whole restore was rolled back): "
-                            f"{mask_secrets(_psql_failure(errors.text))}")
+            stdin.write(filt.feed(tail) + filt.flush() if filt else tail)
+    except BrokenPipeError:
+        return None
+    except zlib.error as exc:
+        raise ChecksumMismatch(f"{path.name} changed after it was verified (it no longer inflates: {exc}): "
+                               "nothing of it was committed") from None
+    return digest.hexdigest()
 
 
 def analyze(url: DatabaseUrl, jobs: int | None = None) -> float:
@@ -233,6 +178,6 @@ def analyze(url: DatabaseUrl, jobs: int | None = None) -> float:
         raise
     if errors:
         exc = errors[0]
-        raise exc if isinstance(exc, PgrunbookError) else PgrunbookError(
+        raise exc if isinstance(exc, PgrunbookError) else RestoreFailed(
             f"ANALYZE failed: {mask_secrets(str(exc).strip())}")
     return time.monotonic() - t0

@@ -16,17 +16,12 @@ from psycopg import sql
 
 from .. import catalog
 from ..dburl import DatabaseUrl, mask_secrets
-from ..errors import PgrunbookError, TargetRefused
+from ..errors import PgrunbookError, TargetMarked
 
 log = logging.getLogger(__name__)
 
 MARK_IN_PROGRESS = "pgrunbook: restore in progress"
 MARK_FAILED = "pgrunbook: restore FAILED"
-
-
-class TargetMarked(TargetRefused):
-    """The target carries the mark of an earlier restore that failed, was interrupted or killed: it may
-    hold part of an archive, so nothing is restored into it until it is dropped and recreated."""
 
 
 def database_mark(conn: psycopg.Connection[Any]) -> str | None:

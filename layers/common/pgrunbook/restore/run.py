@@ -19,7 +19,15 @@ from typing import Any
 from .. import catalog
 from ..archive import ArchiveRef, missing_table_data, table_data_count, toc_extensions, toc_owners, toc_system_acls
 from ..dburl import DatabaseUrl, mask_secrets
-from ..errors import ArchiveCorrupt, ChecksumMismatch, Interrupted, PgrunbookError, StoreError, UsageError
+from ..errors import (
+    ArchiveCorrupt,
+    ChecksumMismatch,
+    Interrupted,
+    ManifestMissing,
+    PgrunbookError,
+    StoreError,
+    UsageError,
+)
 from ..manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest
 from ..pgtools import Tool, find_tool
 from ..settings import Settings
@@ -35,7 +43,7 @@ from .guards import (
     refuse_changed,
     role_names,
 )
-from .load import analyze, run_pg_restore, run_psql
+from .load import analyze, load_archive, load_script
 from .marks import MARK_FAILED, MARK_IN_PROGRESS, set_mark
 
 log = logging.getLogger(__name__)
@@ -158,7 +166,7 @@ def _plan(ref: ArchiveRef, target: DatabaseUrl, opts: RestoreOptions, settings: 
                                    "this backup is incomplete or was tampered with; refusing to restore it")
         result.warn(f"{ref.name}{SHA256_SUFFIX} is missing: the archive's integrity cannot be checked")
     if manifest is None and fmt != "plain":
-        raise PgrunbookError(f"{ref.uri}{MANIFEST_SUFFIX} is missing: the backup did not finish; "
+        raise ManifestMissing(f"{ref.uri}{MANIFEST_SUFFIX} is missing: the backup did not finish; "
                              "refusing to restore it")
 
     production = production_identity(settings, result.warn)
@@ -214,7 +222,7 @@ def _prove_archive(plan: _Plan, fetched: Fetched) -> None:
         if manifest is not None:
             missing = missing_table_data(manifest, toc)
             if missing:
-                raise PgrunbookError(f"the archive lacks data for tables in its manifest: {', '.join(missing[:5])}")
+                raise ArchiveCorrupt(f"the archive lacks data for tables in its manifest: {', '.join(missing[:5])}")
         plan.result.tables = table_data_count(toc)
         # a version 1 manifest recorded no owners: read them from the archive's entries
         owners = toc_owners(toc, manifest.roles) if manifest is not None and manifest.owners is None else None
@@ -238,9 +246,11 @@ def _load_marked(plan: _Plan, fetched: Fetched, opts: RestoreOptions) -> None:
         log.info("restoring", extra={"archive": ref.uri, "target": target.display(), "format": plan.fmt,
                                      "jobs": result.jobs})
         if plan.fmt == "plain":
-            run_psql(plan.tool, target, fetched.path, plan.gz, plan.no_owner, plan.no_acl, session, major)
+            load_script(plan.tool, target, fetched.path, gz=plan.gz, sha256=fetched.sha256, no_owner=plan.no_owner,
+                        no_acl=plan.no_acl, session=session, server_major=major)
         else:
-            run_pg_restore(plan.tool, target, fetched.path, jobs, plan.no_owner, plan.no_acl, session, major)
+            load_archive(plan.tool, target, fetched.path, jobs=jobs, no_owner=plan.no_owner, no_acl=plan.no_acl,
+                         session=session, server_major=major)
         result.restore_seconds = time.monotonic() - tr
         if opts.analyze:
             result.analyze_seconds = analyze(target, jobs)
