@@ -43,7 +43,7 @@ def spy_deploys(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ApplyOptions
 def test_every_apply_option_reaches_the_rehearsal_and_the_real_run(
         fresh_db: str, pg_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dest = tmp_path / "backups"
-    run_backup(BackupOptions(database_url=fresh_db, dest=str(dest), kind="scheduled", jobs=1))
+    run_backup(BackupOptions(database_url=fresh_db, dest=str(dest), kind="scheduled", jobs=1), Settings())
     mig = write(tmp_path / "m", {"20260101000000_init": INIT})
     given = ExtendedOptions(lock_timeout="7s", statement_timeout="9min", wait_for_lock=3.5,
                             stale_lock_after=77.0, schema="public", added_later="kept")
@@ -71,7 +71,7 @@ def test_a_rehearsal_baselines_its_copy_as_the_real_run_will(fresh_db: str, pg_s
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         conn.execute(INIT)  # the schema of the first migration exists, its history does not
     dest = tmp_path / "backups"
-    run_backup(BackupOptions(database_url=fresh_db, dest=str(dest), kind="scheduled", jobs=1))
+    run_backup(BackupOptions(database_url=fresh_db, dest=str(dest), kind="scheduled", jobs=1), Settings())
     mig = write(tmp_path / "m", {"20260101000000_init": INIT,
                                  "20260102000000_col": 'ALTER TABLE "Account" ADD COLUMN "nick" TEXT;\n'})
     report = run_migrate(MigrateOptions(database_url=fresh_db, migrations_dir=str(mig), backup_to=str(dest),

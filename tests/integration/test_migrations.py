@@ -26,6 +26,7 @@ from pgrunbook.migrations import (
     split_statements,
 )
 from pgrunbook.migrations.lock import LOCK_KEY
+from pgrunbook.settings import Settings
 from tests.fixtures.processes import wait_until
 
 INIT = """-- CreateTable
@@ -475,7 +476,7 @@ def test_pre_migration_backup_and_preflight(sample_db: str, tmp_path: Path,
                                  "20260201000000_col": 'ALTER TABLE "Job" ADD COLUMN "note" TEXT;\n'})
     code, _, err = cli(capsys, "migrate", "--database-url", sample_db, "--migrations", str(mig), "--skip-backup")
     assert code == 2 and "--reason" in err
-    run_backup(BackupOptions(database_url=sample_db, dest=str(dest), kind="scheduled", jobs=1))
+    run_backup(BackupOptions(database_url=sample_db, dest=str(dest), kind="scheduled", jobs=1), Settings())
     code, out, err = cli(capsys, "migrate", "--database-url", sample_db, "--migrations", str(mig), "--backup-to",
                          str(dest), "--app-version", "1.2.3", "--json")
     assert code == 0, err
@@ -495,7 +496,7 @@ def test_rehearsal_reports_time_and_locks(sample_db: str, pg_server: Any, tmp_pa
     from pgrunbook.sample import SAMPLE_MIGRATIONS
 
     dest = tmp_path / "backups"
-    run_backup(BackupOptions(database_url=sample_db, dest=str(dest), kind="scheduled", jobs=1))
+    run_backup(BackupOptions(database_url=sample_db, dest=str(dest), kind="scheduled", jobs=1), Settings())
     mig = write(tmp_path / "m", {
         **SAMPLE_MIGRATIONS,
         "20260201000000_index": 'CREATE INDEX "Job_title_idx" ON "Job"("title");\n',

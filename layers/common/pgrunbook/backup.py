@@ -48,7 +48,7 @@ from .store import LocalStore, ObjectWriter, Store, encode_segment, open_store
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
-PROGRESS_EVERY = 5.0  # seconds between progress lines ($PGRUNBOOK_PROGRESS_SECONDS: the demo's byte counter)
+PROGRESS_EVERY = 5.0  # seconds between progress lines (Settings.progress_seconds, $PGRUNBOOK_PROGRESS_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -195,12 +195,13 @@ class _HashingSink:
     max(hash, write) instead of their sum. At most one chunk is being hashed at a time, so
     memory stays bounded by the caller's chunk size."""
 
-    def __init__(self, writer: ObjectWriter, label: str, *, parallel_hash: bool = False) -> None:
+    def __init__(self, writer: ObjectWriter, label: str, *, parallel_hash: bool = False,
+                 every: float = PROGRESS_EVERY) -> None:
         self.writer, self.label = writer, label
         self.digest = hashlib.sha256()
         self.bytes = 0
         self._last = time.monotonic()
-        self._every = float(os.environ.get("PGRUNBOOK_PROGRESS_SECONDS") or PROGRESS_EVERY)
+        self._every = every
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") if parallel_hash else None
         self._pending: Future[None] | None = None
 
@@ -342,9 +343,8 @@ class _CatalogReader:
         manifest_validator()  # compiled now rather than after the archive is written
 
 
-def run_backup(opts: BackupOptions, settings: Settings | None = None,
+def run_backup(opts: BackupOptions, settings: Settings,
                on_dump_started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> BackupResult:
-    settings = settings or Settings.from_env()
     url = DatabaseUrl.parse(opts.database_url or settings.database_url,
                             what="database URL (--database-url or DATABASE_URL)")
     started = datetime.now(UTC)
@@ -377,7 +377,8 @@ def run_backup(opts: BackupOptions, settings: Settings | None = None,
         pumper: threading.Thread | None = None
         watch = lockwait.LockWatch(url, tag, lock_wait)
         try:
-            sink = _HashingSink(writer, plan.store.uri(plan.key), parallel_hash=plan.fmt == "directory-tar")
+            sink = _HashingSink(writer, plan.store.uri(plan.key), parallel_hash=plan.fmt == "directory-tar",
+                                every=settings.progress_seconds)
             if plan.fmt == "directory-tar":
                 staging = Path(tempfile.mkdtemp(prefix="pgrunbook-dump-"))
                 staging_guard = guard_path(staging)

@@ -173,10 +173,9 @@ def provisioned_target(provisioner: Provisioner, name: str, roles: list[str] | N
     return TargetLease(provisioner, name, roles, keep=keep, what=what)
 
 
-def run_drill(opts: DrillOptions, settings: Settings | None = None,
+def run_drill(opts: DrillOptions, settings: Settings,
               provisioner: Provisioner | None = None) -> DrillReport:
     """Run one drill. Usage errors raise; every other failure is in the report (verified False)."""
-    settings = settings or Settings.from_env()
     kind = provisioner.kind if provisioner is not None else default_provisioner_kind(opts)
     report = DrillReport(provisioner=kind, started_at=datetime.now(UTC).isoformat(timespec="seconds"))
     t_all = time.monotonic()
@@ -262,6 +261,6 @@ def _settle(report: DrillReport, lease: TargetLease | None) -> None:
     report.error = report.error or lease.teardown_error
 
 
-def local_drill(backup: str, work_dir: Path, settings: Settings | None = None) -> DrillReport:
+def local_drill(backup: str, work_dir: Path, settings: Settings) -> DrillReport:
     """The demo's drill: `backup` into a fresh restore-tuned local instance under work_dir, verified, torn down."""
     return run_drill(DrillOptions(backup=backup, provisioner="local-instance", work_dir=str(work_dir)), settings)

@@ -229,9 +229,8 @@ def final_status(url: DatabaseUrl, migrations: list[Migration], migrations_dir: 
     return read_status(url, migrations, migrations_dir, schema)
 
 
-def run_migrate(opts: MigrateOptions, settings: Settings | None = None) -> MigrateReport:
+def run_migrate(opts: MigrateOptions, settings: Settings) -> MigrateReport:
     """The whole procedure; raises a PgrunbookError subclass on a failure (after logging what was done)."""
-    settings = settings or Settings.from_env()
     t0 = time.monotonic()
     url = DatabaseUrl.parse(opts.database_url or settings.database_url, what="database URL (--database-url or "
                                                                             "$DATABASE_URL)")

@@ -184,13 +184,12 @@ def _rel(row: tuple[Any, ...]) -> str:
 
 def rehearse(migrations: list[Migration], migrations_dir: str, *, backup: str,
              provisioner: str | None = None, server_url: str | None = None, work_dir: str | None = None,
-             apply_options: ApplyOptions | None = None, settings: Settings | None = None) -> RehearsalReport:
+             settings: Settings, apply_options: ApplyOptions | None = None) -> RehearsalReport:
     """Restore `backup` into a fresh target, apply the pending migrations there, report; always tear down."""
     from ..drill import provisioned_target
     from ..provision import get_provisioner, unique_name
     from ..restore import RestoreOptions, run_restore
 
-    settings = settings or Settings.from_env()
     kind = provisioner or ("database" if server_url else "local-instance")
     prov = get_provisioner(kind, server_url=server_url, work_dir=work_dir, settings=settings)
     report = RehearsalReport(backup=backup)
