@@ -4,8 +4,10 @@ on moto (a threaded server for subprocesses, in-process mock_aws for unit tests)
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +20,16 @@ from pgrunbook.localpg import LocalServer
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    """One real PostgreSQL server for the whole session."""
-    with LocalServer.running(tmp_path_factory.mktemp("pg") / "data") as server:
-        yield server
+def pg_server() -> Iterator[LocalServer]:
+    """One real PostgreSQL server for the whole session. Its files live outside pytest's temp root: any
+    pytest session that starts makes that root private again (chmod 0700), which cut a server running
+    as its unprivileged user off from its own data directory (PANIC: could not open pg_control)."""
+    root = Path(tempfile.mkdtemp(prefix="pgrunbook-test-pg-"))
+    try:
+        with LocalServer.running(root / "data") as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture()
