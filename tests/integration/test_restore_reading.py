@@ -34,12 +34,12 @@ def test_a_script_cut_after_it_was_verified_commits_nothing(pg_server: LocalServ
     # first table's rows) before psql reads it: psql commits its single transaction when its input ends
     with new_db(pg_server, "cut") as source, new_db(pg_server) as target:
         with psycopg.connect(source, autocommit=True) as conn:
-            conn.execute(TWO_TABLES)  # type: ignore[call-overload]
+            conn.execute(TWO_TABLES)
         script = tmp_path / "cut.sql"
         run_backup(BackupOptions(database_url=source, out=str(script)), SETTINGS)
         text = script.read_bytes()
         cut = text.index(b"\\.\n", text.index(b"COPY public.a_first")) + 3
-        verified: Callable[..., None] = restore_run.refuse_changed
+        verified: Callable[..., None] = restore_run.refuse_changed  # type: ignore[attr-defined]
 
         def cut_then_go_on(url: object) -> None:
             script.write_bytes(text[:cut])
