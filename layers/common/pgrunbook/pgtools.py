@@ -410,16 +410,6 @@ def spawn(args: Sequence[str | Path], *, env: Mapping[str, str] | None = None, s
         raise
 
 
-@contextlib.contextmanager
-def stop_on_error(proc: ToolProcess) -> Iterator[ToolProcess]:
-    """Within the block, any exception (an interrupt too) stops `proc` and its workers before it goes on."""
-    try:
-        yield proc
-    except BaseException:
-        proc.stop()
-        raise
-
-
 def run_captured(args: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
                  timeout: float | None = None, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a pg tool to completion, capturing stdout and stderr (bytes); on a timeout or an interrupt

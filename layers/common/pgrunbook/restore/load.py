@@ -23,8 +23,8 @@ import psycopg
 from psycopg import sql
 
 from .. import catalog
-from ..archive import CHUNK
 from ..dburl import DatabaseUrl, mask_secrets
+from ..dumpfile import CHUNK
 from ..errors import ChecksumMismatch, PgrunbookError, RestoreFailed
 from ..pgtools import PgRestore, Psql, Tool
 

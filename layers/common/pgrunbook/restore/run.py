@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import catalog
-from ..archive import ArchiveRef, missing_table_data, table_data_count, toc_extensions, toc_owners, toc_system_acls
+from ..archive import ArchiveRef
 from ..dburl import DatabaseUrl, mask_secrets
+from ..dumpfile import contents_problem, table_data_count, toc_extensions, toc_owners, toc_system_acls
 from ..errors import (
     ArchiveCorrupt,
     ChecksumMismatch,
@@ -29,9 +30,9 @@ from ..errors import (
     UsageError,
 )
 from ..manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest
-from ..pgtools import Tool, find_tool
+from ..pgtools import PgRestore, Tool, find_tool
 from ..settings import Settings
-from .fetch import Fetched, UnreadableTar, fetch, scan_plain, toc_of, work_dir
+from .fetch import Fetched, fetch, work_dir
 from .guards import (
     Needs,
     TargetInfo,
@@ -192,19 +193,15 @@ def _plan(ref: ArchiveRef, target: DatabaseUrl, opts: RestoreOptions, settings: 
 
 
 def _fetch(plan: _Plan, work: Path) -> Fetched:
-    try:
-        fetched = fetch(plan.ref, plan.fmt, work)
-    except UnreadableTar as exc:  # damaged bytes break the tar before the hash is compared: compare it here
-        if plan.expected_sha256 is None or exc.sha256 == plan.expected_sha256:
-            raise ArchiveCorrupt(str(exc)) from None  # the bytes written: the archive itself does not read
-        fetched = Fetched(path=work, sha256=exc.sha256, bytes=0)
+    fetched = fetch(plan.ref, plan.fmt, work, None if plan.fmt == "plain" else PgRestore(plan.tool))
     plan.result.sha256, plan.result.bytes = fetched.sha256, fetched.bytes
     return fetched
 
 
 def _prove_archive(plan: _Plan, fetched: Fetched) -> None:
-    """The archive is the one its .sha256 and manifest describe and reads to its end; the target can take
-    what it holds (its extensions, owners, grants on system objects)."""
+    """The archive is the one its .sha256 and manifest describe (checked first: damage is reported as
+    such, whatever it broke) and its contents read; the target can take what it holds (extensions,
+    owners, grants on system objects)."""
     ref, manifest, expected = plan.ref, plan.manifest, plan.expected_sha256
     if expected is not None and fetched.sha256 != expected:
         raise ChecksumMismatch(f"{ref.name} hashes to {fetched.sha256} but {ref.name}{SHA256_SUFFIX} says "
@@ -214,15 +211,14 @@ def _prove_archive(plan: _Plan, fetched: Fetched) -> None:
             f"the manifest describes a different archive ({manifest.bytes} bytes, sha256 {manifest.sha256}) "
             f"than {ref.name} ({fetched.bytes} bytes, sha256 {fetched.sha256}): manifest and archive come from "
             "different backups; refusing to restore")
-    if plan.fmt == "plain":
-        major, exts = scan_plain(fetched.path, gz=plan.gz)
-        needs = Needs(source_major=major, extensions=exts)
+    contents = fetched.contents
+    problem = contents_problem(contents, manifest)
+    if problem is not None:
+        raise ArchiveCorrupt(problem)
+    if contents.script is not None:
+        needs = Needs(source_major=contents.script.source_major, extensions=set(contents.script.extensions))
     else:
-        toc = toc_of(plan.tool, fetched.path)
-        if manifest is not None:
-            missing = missing_table_data(manifest, toc)
-            if missing:
-                raise ArchiveCorrupt(f"the archive lacks data for tables in its manifest: {', '.join(missing[:5])}")
+        toc = contents.toc or []
         plan.result.tables = table_data_count(toc)
         # a version 1 manifest recorded no owners: read them from the archive's entries
         owners = toc_owners(toc, manifest.roles) if manifest is not None and manifest.owners is None else None
