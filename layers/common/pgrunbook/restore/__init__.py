@@ -13,20 +13,25 @@ Order of work (nothing reaches the target before every guard passed):
    every owner role one that the restoring role can become and that may create in its objects'
    schemas (pg_restore gives each object to its owner as it goes, and grants schema privileges only
    at its end).
-3. The archive: fetched once into a work folder (S3 streamed, hashed while downloading; a
-   local file is hashed in place; a `.dump.tar` is extracted while hashing), its sha256 equal to
-   `<archive>.sha256` and to the manifest, its table of contents read by `pg_restore --list`
-   (by fields: every manifest table has its TABLE DATA entry, found by OID; its extensions and
-   grants on system objects checked against the restoring role like those of step 2) (plain SQL:
-   the gzip stream and the 'dump complete' trailer read to the end).
+3. The archive: read once by `dumpfile.read_dump`, the reader verify-backup uses too (S3 streamed
+   into a work folder, a local file read in place, a `.dump.tar` extracted), hashed and its
+   contents listed on the way; its sha256 equal to `<archive>.sha256` and to the manifest (compared
+   first: damage is a ChecksumMismatch whatever it broke), then its contents (ArchiveCorrupt):
+   the table of contents read by `pg_restore --list` (by fields: every manifest table has its TABLE
+   DATA entry, found by OID; its extensions and grants on system objects checked against the
+   restoring role like those of step 2) or, for plain SQL, the gzip stream, the header and the
+   'dump complete' trailer read to the end.
 4. The target is marked `pgrunbook: restore in progress` (COMMENT ON DATABASE), the archive
    is loaded (`pg_restore -j N --exit-on-error` with restore-tuned session settings, or
-   `psql -v ON_ERROR_STOP=1 --single-transaction` for the runbook's .sql/.sql.gz), and ANALYZE
+   `psql -v ON_ERROR_STOP=1 --single-transaction` for the runbook's .sql/.sql.gz, its input ended
+   only once the bytes fed, hashed again, proved to be the ones verified), and ANALYZE
    runs. On success the mark is removed; on failure it becomes `pgrunbook: restore FAILED: ...`
    (and stays `in progress` if the process was killed): `verify` fails on either mark.
 
-Interruption: pg_restore/psql are spawned through pgtools, so on any exception (SIGTERM/SIGINT
+Interruption: pg_restore/psql run through pgtools' wrappers, so on any exception (SIGTERM/SIGINT
 arrive as `Interrupted`) they and their workers are stopped before the mark becomes
+`... FAILED (...): interrupted by SIGTERM`; the work folder is removed on the way out, and by
+pgtools' guardian process should pgrunbook be killed.
 
 The package, one module per part:
 
