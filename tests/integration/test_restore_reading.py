@@ -67,7 +67,7 @@ def archives(pg_server: LocalServer, tmp_path_factory: pytest.TempPathFactory) -
     """One small database backed up in each format: {format: archive path}."""
     with new_db(pg_server, "reading") as source:
         with psycopg.connect(source, autocommit=True) as conn:
-            conn.execute(TWO_TABLES)  # type: ignore[call-overload]
+            conn.execute(TWO_TABLES)
         folder = tmp_path_factory.mktemp("reading")
         made = {"custom": run_backup(BackupOptions(database_url=source, dest=str(folder / "c"), jobs=1), SETTINGS),
                 "directory-tar": run_backup(BackupOptions(database_url=source, dest=str(folder / "d"), jobs=2),

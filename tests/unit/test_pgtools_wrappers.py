@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from pgrunbook.dburl import DatabaseUrl
 from pgrunbook.errors import Interrupted, RestoreFailed, ToolError
-from pgrunbook.pgtools import PgDump, PgRestore, Psql, Tool, failure_line, find_tool, live_tools
+from pgrunbook.pgtools import PgDump, PgRestore, Psql, Tool, failure_line, find_tool
+from pgrunbook.processes import live_tools
 
 PASSWORD = "s3cret-Pa55"
 URL = DatabaseUrl.parse(f"postgresql://app:{PASSWORD}@db.example:5433/shop")

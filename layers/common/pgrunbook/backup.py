@@ -42,7 +42,8 @@ from .errors import BackupFailed, OutputExists, PgrunbookError, StoreError, Tool
 from .manifest import MANIFEST_SUFFIX, MANIFEST_VERSION, SHA256_SUFFIX, Manifest, sha256_line
 from .manifest import _validator as manifest_validator
 from .manifest import contents as manifest_contents
-from .pgtools import PgDump, RunningTool, ToolProcess, guard_path
+from .pgtools import PgDump, RunningTool
+from .processes import ToolProcess, guard_path
 from .settings import COMPRESSIONS, KINDS, Settings
 from .store import LocalStore, ObjectWriter, Store, encode_segment, open_store
 

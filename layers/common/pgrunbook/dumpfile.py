@@ -43,7 +43,8 @@ from typing import IO
 from .catalog import legacy_name
 from .errors import ToolError
 from .manifest import Manifest
-from .pgtools import PgRestore, RunningTool, guard_path
+from .pgtools import PgRestore, RunningTool
+from .processes import guard_path
 
 CHUNK = 1024 * 1024
 PLAIN_HEADER = b"-- PostgreSQL database dump"

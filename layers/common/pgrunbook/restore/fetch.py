@@ -21,7 +21,8 @@ from pathlib import Path
 from ..archive import ArchiveRef
 from ..dumpfile import DumpContents, read_dump
 from ..errors import NotEnoughSpace
-from ..pgtools import PgRestore, guard_path
+from ..pgtools import PgRestore
+from ..processes import guard_path
 from ..store import LocalStore
 
 
