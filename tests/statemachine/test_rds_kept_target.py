@@ -40,13 +40,13 @@ def template_restore_parameters() -> dict[str, str]:
 
 
 class FakeRds:
-    """moto's RDS, with a real server behind every instance (see the module doc)."""
+    """moto's RDS, with a real server behind every instance (see the module doc). The server, its
+    credentials and the group it runs with ride on moto's instance object, so a rename keeps them."""
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="pgrb-rds-"))  # short: the servers' sockets live there
-        self.servers: dict[str, LocalServer] = {}
-        self.applied: dict[str, str] = {}  # instance -> the parameter group its server runs with
-        self.credentials: dict[str, tuple[str, str]] = {}
+        self.servers: list[LocalServer] = []
+        self.applied: list[tuple[str, str]] = []  # (instance, parameter group) each time a server took a group
 
     @staticmethod
     def backend() -> Any:
@@ -68,19 +68,19 @@ class FakeRds:
 
         def generate_secret_string(secret: Any) -> str:
             password = secrets.token_urlsafe(16)
-            fake.credentials[secret.resource.db_instance_identifier] = (secret.resource.master_username, password)
+            secret.resource.fake_credentials = (secret.resource.master_username, password)
             return json.dumps({"username": secret.resource.master_username, "password": password})
 
         def create_db_instance(backend: Any, db_kwargs: dict[str, Any]) -> Any:
             db = create(backend, db_kwargs)
-            ident = db.db_instance_identifier
             group = str(db.db_parameter_group_name)
-            server = LocalServer(data_dir=fake.root / f"i{len(fake.applied)}" / "data", port=free_port(),
+            server = LocalServer(data_dir=fake.root / f"i{len(fake.servers)}" / "data", port=free_port(),
                                  settings=fake.server_settings(group))
             server.init().start()
-            fake.servers[ident], fake.applied[ident] = server, group
-            db.port = server.port
-            user, password = fake.credentials[ident]
+            fake.servers.append(server)
+            db.fake_server, db.fake_group, db.port = server, group, server.port
+            fake.applied.append((db.db_instance_identifier, group))
+            user, password = db.fake_credentials
             with psycopg.connect(server.url(), autocommit=True) as conn:
                 conn.execute(f"CREATE ROLE \"{user}\" LOGIN SUPERUSER PASSWORD '{password}'")
                 if db.db_name:
@@ -89,20 +89,21 @@ class FakeRds:
 
         def reboot_db_instance(backend: Any, db_instance_identifier: str) -> Any:
             db = reboot(backend, db_instance_identifier)
-            group = str(db.db_parameter_group_name)
-            fake.servers[db_instance_identifier].restart(fake.server_settings(group))
-            fake.applied[db_instance_identifier] = group
+            db.fake_group = str(db.db_parameter_group_name)
+            db.fake_server.restart(fake.server_settings(db.fake_group))
+            fake.applied.append((db.db_instance_identifier, db.fake_group))
             return db
 
         def delete_db_instance(backend: Any, db_instance_identifier: str, *args: Any, **kwargs: Any) -> Any:
             db = delete(backend, db_instance_identifier, *args, **kwargs)
-            fake.servers.pop(db_instance_identifier).destroy()
+            db.fake_server.destroy()
+            fake.servers.remove(db.fake_server)
             return db
 
         def status_list(db: Any) -> Any:
             groups = db.db_parameter_groups()
             for group in groups:
-                in_sync = fake.applied.get(db.db_instance_identifier, "").lower() == group.name
+                in_sync = getattr(db, "fake_group", "").lower() == group.name
                 group.ParameterApplyStatus = "in-sync" if in_sync else "pending-reboot"
             return groups
 
@@ -114,13 +115,15 @@ class FakeRds:
         monkeypatch.setattr(DBInstance, "db_parameter_group_status_list", property(status_list))
 
     def close(self) -> None:
-        for server in self.servers.values():
+        for server in self.servers:
             server.destroy()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, ident: str, dbname: str) -> str:
-        user, password = self.credentials[ident]
-        return self.servers[ident].url(dbname, user=user, password=password)
+        """The instance's database as its master user (its server, whatever the instance is called now)."""
+        db = self.backend().databases[ident]
+        user, password = db.fake_credentials
+        return str(db.fake_server.url(dbname, user=user, password=password))
 
 
 @pytest.fixture()
@@ -183,22 +186,18 @@ def test_an_approved_kept_target_ends_with_production_settings(rds_cloud: tuple[
     backed_up(cloud)
     arn = cloud.start("RestoreStateMachine", {"database": "app", "mode": "cutover", "target": {"kind": "rds"}})
     token, approval_id = waiting_approval(cloud, arn)
-    (ident,) = fake.servers
-    dbname = json.loads(aws.client("stepfunctions").describe_execution(executionArn=arn)["input"])["database"]
-    restored = fake.url(ident, cloud_dbname(cloud, dbname))
-    # loaded and verified restore-tuned: the template's restore-tuned group
-    assert show(restored, "autovacuum", "synchronous_commit") == {"autovacuum": "off", "synchronous_commit": "off"}
-
     cloud.send_task_success(token, {"decision": "approved", "approval_id": approval_id, "approver": "ops@example.com",
                                     "decided_at": "2026-12-01T12:00:00Z", "comment": "keep it"})
     ex = cloud.wait(arn)
 
     assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
-    assert ex.states_entered()[-1] == "CutoverReady"
-    (inst,) = aws.client("rds").describe_db_instances(DBInstanceIdentifier=ident)["DBInstances"]
+    (inst,) = aws.client("rds").describe_db_instances()["DBInstances"]  # kept, whatever it is called now
+    ident = inst["DBInstanceIdentifier"]
+    assert fake.applied[0][1] == RESTORE_GROUP  # it was created (and loaded) restore-tuned
     assert [g["DBParameterGroupName"] for g in inst["DBParameterGroups"]] == [PRODUCTION_GROUP]
     assert [g["ParameterApplyStatus"] for g in inst["DBParameterGroups"]] == ["in-sync"]  # rebooted onto it
     assert inst["BackupRetentionPeriod"] == RETENTION_DAYS
+    restored = fake.url(ident, inst["DBName"])
     assert show(restored, "autovacuum", "synchronous_commit") == {"autovacuum": "on", "synchronous_commit": "on"}
     with psycopg.connect(restored) as conn:  # the data is still there
         assert conn.execute('SELECT count(*) FROM "User"').fetchone() == (200,)
@@ -213,12 +212,5 @@ def test_a_drill_target_is_deleted(rds_cloud: tuple[LocalCloud, FakeRds]) -> Non
     (created,) = ex.task_outputs("Provision")
     assert created["target"]["kind"] == "rds"
     assert aws.client("rds").describe_db_instances()["DBInstances"] == []
-    assert fake.servers == {}
-    assert "FinishForProduction" not in ex.states_entered()
-
-
-def cloud_dbname(cloud: LocalCloud, database: str) -> str:
-    """The database name on the server of configured database `database` (the target gets the same name)."""
-    entries = json.loads(cloud.intrinsics.refs["DatabasesJson"])
-    return str(next(e["dbname"] for e in entries if e["name"] == database))
+    assert fake.servers == []
 
