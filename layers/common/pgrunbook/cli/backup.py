@@ -74,7 +74,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_verify_backup(args: argparse.Namespace, settings: Settings) -> int:
     from ..archive import ArchiveRef, verify_archive
 
-    report = verify_archive(ArchiveRef.from_uri(args.uri))
+    report = verify_archive(ArchiveRef.from_uri(args.uri), pg_bin=settings.pg_bin)
     emit(args, report.to_dict(), lambda: "\n".join(
         [f"{'OK' if report.ok else 'FAILED'}  {report.uri}"]
         + [f"  {'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}" for c in report.checks]))

@@ -11,7 +11,6 @@ pgtools' guardian should pgrunbook be killed.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -28,7 +27,9 @@ from ..store import LocalStore
 
 @contextlib.contextmanager
 def work_dir(base: str | None) -> Iterator[Path]:
-    root = Path(base or os.environ.get("PGRUNBOOK_WORK_DIR") or tempfile.gettempdir())
+    """A fresh folder under `base` (RestoreOptions.work_dir, else Settings.work_dir) or the system's temporary
+    folder, removed afterwards (and by the guardian should pgrunbook be killed)."""
+    root = Path(base or tempfile.gettempdir())
     root.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="pgrunbook-restore-", dir=root))
     guard = guard_path(path)  # removed by the guardian should pgrunbook be killed

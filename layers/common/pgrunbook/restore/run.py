@@ -120,13 +120,12 @@ def resolve_target(target_url: str | None, settings: Settings) -> DatabaseUrl:
                              what="target database URL (--target-url or NEW_DATABASE_URL)")
 
 
-def run_restore(opts: RestoreOptions, settings: Settings | None = None) -> RestoreResult:
+def run_restore(opts: RestoreOptions, settings: Settings) -> RestoreResult:
     """Restore an archive into an empty database, or raise before touching it (see the package doc)."""
-    settings = settings or Settings.from_env()
     t0 = time.monotonic()
     ref, target = _request(opts, settings)
     plan = _plan(ref, target, opts, settings)  # the companions, then the guards on the target
-    with work_dir(opts.work_dir) as work:
+    with work_dir(opts.work_dir or settings.work_dir) as work:
         td = time.monotonic()
         log.info("fetching the archive", extra={"archive": ref.uri})
         fetched = _fetch(plan, work)
