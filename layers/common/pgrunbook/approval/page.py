@@ -59,7 +59,7 @@ def e(value: Any) -> str:
 
 
 def _age(seconds: float | None) -> str:
-    from ..cli.common import human_age
+    from ..units import human_age
 
     return "unknown" if seconds is None else human_age(seconds)
 
@@ -69,7 +69,7 @@ def _dl(rows: list[tuple[str, Any]]) -> str:
 
 
 def _facts_html(facts: Mapping[str, Any], now: float) -> str:
-    from ..cli.common import human_bytes
+    from ..units import human_bytes
 
     parts: list[str] = []
     backup, ver, ex = facts.get("backup") or {}, facts.get("verification") or {}, facts.get("execution") or {}
@@ -160,7 +160,7 @@ def render_page(outcome: Outcome, *, action: str = "", now: float | None = None)
 
 def render_text(outcome: Outcome, *, now: float | None = None) -> str:
     """`pgrunbook approvals show`: the same facts as the page, as text."""
-    from ..cli.common import human_bytes
+    from ..units import human_bytes
 
     now = time.time() if now is None else now
     record = outcome.record

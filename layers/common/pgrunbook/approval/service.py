@@ -520,7 +520,7 @@ def _quietly(call: Callable[[], bool]) -> bool:
 def notification(facts: Mapping[str, Any], req: ApprovalRequest, approve_url: str, reject_url: str,
                  now: float) -> tuple[str, str, dict[str, Any]]:
     """Subject, plain text and the JSON attribute (same facts) of the approval request."""
-    from ..cli.common import human_age, human_bytes
+    from ..units import human_age, human_bytes
 
     ver, backup, ex = facts["verification"], facts["backup"], facts["execution"]
     db = facts["database"]
