@@ -1,6 +1,6 @@
 # The Fargate task for databases too big for Lambda's 15 minutes: the same pgrunbook core and the
 # same pg tools as the Lambda functions (the PgToolsLayer, built by layers/pgtools/Makefile, lands
-# in /opt exactly as the layer does on Lambda). Entry point: python -m pgrunbook.task (see task.py).
+# in /opt exactly as the layer does on Lambda). Entry point: python -m pgrunbook.fargate_task (see fargate_task.py).
 #
 #   docker build -t pgrunbook-task . && docker tag ... && docker push <ecr repo>
 #   sam deploy --parameter-overrides ContainerImageUri=<ecr repo>:<tag>
@@ -33,4 +33,4 @@ ENV PGRUNBOOK_PG_BIN=/opt/bin \
 USER 10001
 WORKDIR /work
 HEALTHCHECK NONE
-ENTRYPOINT ["python", "-m", "pgrunbook.task"]
+ENTRYPOINT ["python", "-m", "pgrunbook.fargate_task"]

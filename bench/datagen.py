@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "layers" / "common"))
 
-from pgrunbook.localpg import LocalServer  # noqa: E402
+from pgrunbook.pgserver import LocalServer  # noqa: E402
 
 DATA_ROOT = HERE / ".data"
 DBNAME = "benchdb"

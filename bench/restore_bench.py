@@ -258,7 +258,7 @@ def bench_restore(*, db: datagen.BenchDb, reps: int, scale: str, work: Path) -> 
 
 def _attach_or_start(scale: str) -> tuple[datagen.BenchDb, bool]:
     """The benchmark server: attach to it when already running (never stop someone else's), else start it."""
-    from pgrunbook.localpg import LocalServer
+    from pgrunbook.pgserver import LocalServer
 
     data_dir = datagen.DATA_ROOT / scale / "pgdata"
     marker = datagen.DATA_ROOT / scale / "ready.json"

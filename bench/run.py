@@ -50,10 +50,10 @@ TARGETS = {"time_ratio": 3.5, "size_ratio": 0.85, "peak_rss_mb": 150.0, "countin
 # Runs the real CLI, with the exact counts replaced by zeros (same tables, same manifest shape).
 NOCOUNT_SHIM = """
 import sys
-import pgrunbook.catalog as catalog
+import pgrunbook.dbinfo as dbinfo
 def _zero_counts(conn, tables, *args, **kwargs):
     return {t: 0 for t in tables}
-catalog.exact_counts = _zero_counts
+dbinfo.exact_counts = _zero_counts
 from pgrunbook.cli import main
 sys.exit(main(sys.argv[1:]))
 """

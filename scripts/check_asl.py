@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""make lint: the state machines of template.yaml (pgrunbook.local.asl_problems: JSON, JSONPath, every
+"""make lint: the state machines of template.yaml (pgrunbook.localcloud.asl_problems: JSON, JSONPath, every
 ${...} defined and every definition used, Retry/Catch/timeouts, notified failures), then statelint
 on each definition with its substitutions filled in (statelint rejects an unfilled "${X}" ARN)."""
 
@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pgrunbook.local import asl_problems, project_root
+from pgrunbook.localcloud import asl_problems, project_root
 
 
 def main() -> int:

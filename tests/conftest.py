@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from pgrunbook import aws
-from pgrunbook.localpg import LocalServer
+from pgrunbook.pgserver import LocalServer
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +98,7 @@ def moto_server() -> Iterator[str]:
     """A moto server on localhost (for subprocesses: the CLI reaches it via AWS_ENDPOINT_URL)."""
     from moto.server import ThreadedMotoServer
 
-    from pgrunbook.localpg import free_port
+    from pgrunbook.pgserver import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -18,8 +18,8 @@ import pytest
 from pgrunbook import aws
 from pgrunbook.approval.runner import LocalApprovals
 from pgrunbook.approval.service import ATTRIBUTE
-from pgrunbook.local import LocalCloud, LocalDatabase
-from pgrunbook.localpg import LocalServer
+from pgrunbook.localcloud import LocalCloud, LocalDatabase
+from pgrunbook.pgserver import LocalServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

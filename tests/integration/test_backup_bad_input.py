@@ -17,7 +17,7 @@ from moto.core import set_initial_no_auth_action_count
 from pgrunbook import aws
 from pgrunbook.backup import BackupOptions, run_backup
 from pgrunbook.errors import PgrunbookError, StoreError, ToolError
-from pgrunbook.localpg import LocalServer, free_port
+from pgrunbook.pgserver import LocalServer, free_port
 from pgrunbook.settings import Settings
 from tests.conftest import cli_env, run_cli
 

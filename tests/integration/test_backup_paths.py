@@ -17,7 +17,7 @@ from psycopg.conninfo import make_conninfo
 
 from pgrunbook import aws
 from pgrunbook.backup import BackupOptions, run_backup
-from pgrunbook.localpg import LocalServer
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.settings import Settings
 from tests.conftest import run_cli
 from tests.fixtures.hostile_names import CJK_63_BYTES, random_names

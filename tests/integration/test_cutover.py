@@ -33,7 +33,7 @@ from psycopg import sql
 
 from pgrunbook import aws
 from pgrunbook.cli import main
-from pgrunbook.localpg import LocalServer
+from pgrunbook.pgserver import LocalServer
 from tests.conftest import cli_env
 from tests.fixtures.restore_helpers import reset_cli_logging
 

@@ -118,7 +118,7 @@ def test_the_candidate_url_keeps_the_applications_credentials_and_options() -> N
 
 def test_an_unreachable_source_gives_an_unknown_window_not_an_error() -> None:
     from pgrunbook.cutover.window import window_against_manifest
-    from pgrunbook.localpg import free_port
+    from pgrunbook.pgserver import free_port
 
     window = window_against_manifest(DatabaseUrl.parse(f"postgresql://u:pw@127.0.0.1:{free_port()}/gone"),
                                      {"public.User": 3}, "2026-12-01T03:00:00+00:00")

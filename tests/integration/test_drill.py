@@ -11,7 +11,7 @@ import pytest
 from pgrunbook.backup import BackupOptions, run_backup
 from pgrunbook.cli import main
 from pgrunbook.drill import DrillOptions, run_drill
-from pgrunbook.localpg import LocalServer
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.settings import Settings
 from tests.fixtures.restore_helpers import drop_db
 

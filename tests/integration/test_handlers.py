@@ -14,9 +14,10 @@ import psycopg
 import pytest
 from moto import mock_aws
 
-from pgrunbook import aws, operations, task
+from pgrunbook import aws, operations
+from pgrunbook import fargate_task as task
 from pgrunbook.lambda_support import LocalContext, UnknownDatabase
-from pgrunbook.local import handler_path, load_handler
+from pgrunbook.localcloud import handler_path, load_handler
 from pgrunbook.settings import Settings
 from tests.conftest import AWS_TEST_ENV, project_root
 
@@ -213,7 +214,7 @@ def test_age_metrics_watch_drills_of_drilled_databases_only(stack: Stack, monkey
 
 
 def test_every_function_in_the_template_has_a_handler_and_a_build_target() -> None:
-    from pgrunbook.local import function_ids, load_template
+    from pgrunbook.localcloud import function_ids, load_template
 
     template = load_template()
     makefile = (project_root() / "functions" / "Makefile").read_text()

@@ -33,8 +33,8 @@ from pgrunbook.archive import ArchiveRef, verify_archive
 from pgrunbook.backup import BackupOptions, BackupResult, run_backup
 from pgrunbook.cli import main
 from pgrunbook.errors import PrivilegeRefused, TargetRefused
-from pgrunbook.localpg import LocalServer
 from pgrunbook.manifest import Manifest
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.restore import RestoreOptions, run_restore
 from pgrunbook.settings import Settings
 from pgrunbook.verify import VerifyOptions, run_verify

@@ -21,8 +21,8 @@ from pgrunbook.dburl import DatabaseUrl
 from pgrunbook.errors import TargetNotOwned
 from pgrunbook.events import ProvisionEvent
 from pgrunbook.lambda_support import LocalContext
-from pgrunbook.local import handler_path, load_handler
-from pgrunbook.localpg import LocalServer
+from pgrunbook.localcloud import handler_path, load_handler
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.provision.database import DatabaseProvisioner
 from pgrunbook.settings import Settings
 from tests.conftest import AWS_TEST_ENV

@@ -19,7 +19,7 @@ from psycopg import sql
 from pgrunbook import aws
 from pgrunbook.archive import ArchiveRef, verify_archive
 from pgrunbook.backup import BackupOptions, run_backup
-from pgrunbook.catalog import ident
+from pgrunbook.dbinfo import ident
 from pgrunbook.errors import LockTimeout
 from pgrunbook.settings import Settings
 from tests.conftest import cli_env
@@ -147,7 +147,7 @@ def test_counting_connection_gives_up_on_a_lock_taken_after_the_dump(fresh_db: s
 @pytest.mark.parametrize("seed", [8, 80])
 def test_any_table_name_is_named_on_one_line(seed: int, fresh_db: str, tmp_path: Path) -> None:
     """Generated table names (spaces, quotes, newlines, control characters, unicode): the error is one
-    line and names the locked table exactly as catalog.ident() prints it."""
+    line and names the locked table exactly as dbinfo.ident() prints it."""
     names = random_names(seed, 2, max_chars=20)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         for name in names:

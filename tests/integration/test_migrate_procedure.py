@@ -14,10 +14,10 @@ import pytest
 from pgrunbook.backup import BackupOptions, run_backup
 from pgrunbook.errors import LintBlocked, NotManaged
 from pgrunbook.events import MigrateEvent
-from pgrunbook.localpg import LocalServer
 from pgrunbook.migrations import ApplyOptions, pipeline, rehearse
 from pgrunbook.migrations.pipeline import MigrateOptions, run_migrate
 from pgrunbook.migrations.service import handle
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.settings import Settings
 from tests.integration.test_migrations import INIT, rows, write
 

@@ -1,5 +1,5 @@
 """The Migrate state machine (template.yaml + statemachines/migrate.asl.json) executed in
-in-process moto with functions/migrate/app.py wired in (pgrunbook.local), against real Postgres."""
+in-process moto with functions/migrate/app.py wired in (pgrunbook.localcloud), against real Postgres."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from pgrunbook import aws
-from pgrunbook.local import LocalCloud, LocalDatabase
-from pgrunbook.localpg import LocalServer
+from pgrunbook.localcloud import LocalCloud, LocalDatabase
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.sample import SAMPLE_MIGRATIONS, create_sample_database
 
 DATABASES = ("applies", "blocked", "failing")

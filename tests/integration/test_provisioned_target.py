@@ -15,7 +15,7 @@ import pytest
 
 from pgrunbook.drill import provisioned_target
 from pgrunbook.errors import Interrupted
-from pgrunbook.localpg import LocalServer
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.provision.database import DatabaseProvisioner
 
 

@@ -21,9 +21,9 @@ import pytest
 from psycopg import sql
 
 from pgrunbook.dburl import DatabaseUrl
-from pgrunbook.localpg import LocalServer
+from pgrunbook.keys import encode_segment
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.sample import create_sample_database
-from pgrunbook.store import encode_segment
 from tests.conftest import cli_env, project_root, run_cli
 from tests.fixtures.restore_helpers import drop_db, new_db, user_relations
 

@@ -17,7 +17,7 @@ from pgrunbook import aws
 from pgrunbook.backup import BackupOptions, BackupResult, run_backup
 from pgrunbook.cli import main
 from pgrunbook.errors import ChecksumMismatch, PgrunbookError, StoreError
-from pgrunbook.localpg import LocalServer
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.pgtools import server_binaries
 from pgrunbook.restore import MARK_FAILED, RestoreFailed, RestoreOptions, run_restore
 from pgrunbook.settings import Settings

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgrunbook.backup import BackupOptions, run_backup
-from pgrunbook.localpg import LocalServer
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.restore import RestoreOptions, run_restore
 from pgrunbook.settings import Settings
 from pgrunbook.verify import VerifyOptions, run_verify

@@ -17,8 +17,8 @@ import pytest
 from pgrunbook.archive import ArchiveRef, ArchiveReport, verify_archive
 from pgrunbook.backup import BackupOptions, run_backup
 from pgrunbook.errors import ArchiveCorrupt, ChecksumMismatch, PgrunbookError, RestoreFailed
-from pgrunbook.localpg import LocalServer
 from pgrunbook.manifest import sha256_line
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.restore import MARK_FAILED, RestoreOptions, run_restore
 from pgrunbook.restore import run as restore_run
 from pgrunbook.settings import Settings

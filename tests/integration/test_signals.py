@@ -27,7 +27,7 @@ from moto import mock_aws
 from pgrunbook import aws
 from pgrunbook.backup import BackupOptions, BackupResult, run_backup
 from pgrunbook.lambda_support import LocalContext
-from pgrunbook.localpg import LocalServer
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.pgtools import find_tool, spawn, tool_env
 from pgrunbook.restore import MARK_FAILED, MARK_IN_PROGRESS
 from pgrunbook.settings import Settings
@@ -274,7 +274,7 @@ def test_fargate_task_sigterm_writes_an_interrupted_result(locked_db: tuple[str,
                   PGRUNBOOK_EVENT=json.dumps({"database": "app", "kind": "manual", "jobs": 1}),
                   PGRUNBOOK_DATABASES=json.dumps([{"name": "app", "secret_arn": secret, "dbname": parts["dbname"]}]),
                   PGRUNBOOK_BACKUP_DEST=f"s3://{bucket}/{prefix}", PGRUNBOOK_SSLMODE="prefer")
-    proc = subprocess.Popen([sys.executable, "-m", "pgrunbook.task"], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "pgrunbook.fargate_task"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         wait_until(lambda: dump_waiting_for_lock(url) or proc.poll() is not None, "pg_dump to wait for the lock")
@@ -300,7 +300,7 @@ def test_lambda_handler_stops_itself_before_its_deadline(thread: str, locked_db:
     upload shortly before, and the function fails with DeadlineExceeded. Lambda runs handlers in the
     main thread (SIGALRM interrupts the handler); the local runner runs them on worker threads (a
     timer stops the handler's pg tools)."""
-    from pgrunbook.local import handler_path, load_handler
+    from pgrunbook.localcloud import handler_path, load_handler
 
     url, locker = locked_db
     parts = psycopg.conninfo.conninfo_to_dict(url)

@@ -16,7 +16,7 @@ from pgrunbook import aws
 from pgrunbook.approval.store import ApprovalRecord, ApprovalStore
 from pgrunbook.cli.common import human_bytes
 from pgrunbook.dburl import DatabaseUrl
-from pgrunbook.localpg import LocalServer
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.reporting import restore_report
 from pgrunbook.sample import SAMPLE_MIGRATIONS
 from pgrunbook.settings import Settings

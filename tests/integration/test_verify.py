@@ -93,7 +93,7 @@ def test_verify_without_manifest_counts_runbook_tables(sample_db: str, monkeypat
 
 
 def test_verify_unreachable_database_fails(capsys: pytest.CaptureFixture[str]) -> None:
-    from pgrunbook.localpg import free_port
+    from pgrunbook.pgserver import free_port
 
     rc = main(["verify", "--database-url", f"postgresql://u:secret@127.0.0.1:{free_port()}/x"])
     out = capsys.readouterr().out

@@ -1,5 +1,5 @@
 """The real state machines (template.yaml + statemachines/*.asl.json) run in in-process moto,
-with the handlers of functions/*/app.py wired in by pgrunbook.local."""
+with the handlers of functions/*/app.py wired in by pgrunbook.localcloud."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pgrunbook.local import LocalCloud, LocalDatabase
-from pgrunbook.localpg import LocalServer
+from pgrunbook.localcloud import LocalCloud, LocalDatabase
+from pgrunbook.pgserver import LocalServer
 
 
 @pytest.fixture()

@@ -20,8 +20,8 @@ from pgrunbook import aws
 from pgrunbook.approval.client import decide_via_link
 from pgrunbook.approval.runner import LocalApprovals
 from pgrunbook.approval.service import ATTRIBUTE, ApprovalGone
-from pgrunbook.local import Execution, LocalCloud, LocalDatabase
-from pgrunbook.localpg import LocalServer
+from pgrunbook.localcloud import Execution, LocalCloud, LocalDatabase
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.settings import Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")

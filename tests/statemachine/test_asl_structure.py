@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pgrunbook.local import asl_problems, load_template, state_machine_specs, structure_problems, task_states
+from pgrunbook.localcloud import asl_problems, load_template, state_machine_specs, structure_problems, task_states
 from tests.conftest import project_root
 
 NOTIFY = ("arn:aws:states:::sns:publish", "arn:aws:lambda:us-east-1:123456789012:function:Report")

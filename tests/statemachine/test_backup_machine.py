@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pgrunbook import aws
-from pgrunbook.local import LocalCloud
+from pgrunbook.localcloud import LocalCloud
 
 
 def test_backup_all_databases_happy_path(cloud: LocalCloud) -> None:

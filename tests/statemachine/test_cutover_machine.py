@@ -1,5 +1,5 @@
 """The Restore state machine in cutover mode after approval (statemachines/restore.asl.json, template.yaml,
-functions/cutover), run by pgrunbook.local on moto (Step Functions, Secrets Manager, ECS, CloudWatch,
+functions/cutover), run by pgrunbook.localcloud on moto (Step Functions, Secrets Manager, ECS, CloudWatch,
 SNS, S3) against real PostgreSQL, with the sample application in-process: it reads its DATABASE_URL
 secret when it starts and when it is rolled (by the ECS stand-in, or by the signed roll webhook).
 
@@ -24,8 +24,8 @@ import psycopg
 import pytest
 
 from pgrunbook import aws
-from pgrunbook.local import LocalCloud, LocalDatabase
-from pgrunbook.localpg import LocalServer, free_port
+from pgrunbook.localcloud import LocalCloud, LocalDatabase
+from pgrunbook.pgserver import LocalServer, free_port
 from pgrunbook.sampleapp import SampleApp
 from tests.integration.test_cutover import (
     Databases,

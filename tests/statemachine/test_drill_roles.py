@@ -20,8 +20,8 @@ import pytest
 from pgrunbook import aws, operations
 from pgrunbook.dburl import DatabaseUrl
 from pgrunbook.lambda_support import LocalContext
-from pgrunbook.local import ACCOUNT, REGION, LocalCloud, LocalDatabase, handler_path, load_handler
-from pgrunbook.localpg import LocalServer
+from pgrunbook.localcloud import ACCOUNT, REGION, LocalCloud, LocalDatabase, handler_path, load_handler
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.provision.database import DatabaseProvisioner
 
 

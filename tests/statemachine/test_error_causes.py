@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from pgrunbook import aws, operations, reporting
-from pgrunbook.local import Execution, LocalCloud, LocalDatabase
-from pgrunbook.localpg import LocalServer
+from pgrunbook.localcloud import Execution, LocalCloud, LocalDatabase
+from pgrunbook.pgserver import LocalServer
 
 SECRET = "hunter2-not-for-people"
 

@@ -23,8 +23,8 @@ import psycopg
 import pytest
 
 from pgrunbook import aws
-from pgrunbook.local import Execution, LocalCloud, LocalDatabase
-from pgrunbook.localpg import LocalServer
+from pgrunbook.localcloud import Execution, LocalCloud, LocalDatabase
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.sample import SAMPLE_MIGRATIONS, create_sample_database
 from tests.fixtures.processes import Locker
 from tests.integration.test_migrate_statemachine import upload

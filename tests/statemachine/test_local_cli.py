@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from pgrunbook.cli import main
-from pgrunbook.localpg import LocalServer
+from pgrunbook.pgserver import LocalServer
 
 
 def test_local_run_backup_then_cutover_with_approve(app_db: str, pg_server: LocalServer,

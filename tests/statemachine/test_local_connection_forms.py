@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from pgrunbook.cli import main
-from pgrunbook.localpg import LocalServer
+from pgrunbook.pgserver import LocalServer
 
 
 @pytest.fixture()

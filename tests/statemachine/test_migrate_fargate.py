@@ -1,5 +1,5 @@
 """The Migrate machine's pre-migration backup on Fargate: the real migrate.asl.json in moto, with the
-stack's Fargate task (an ECS cluster and task definition in moto; RunTask runs `pgrunbook.task` in
+stack's Fargate task (an ECS cluster and task definition in moto; RunTask runs `pgrunbook.fargate_task` in
 this process with the container overrides the state machine sends, as the container would) and the
 real sizing rule: of two databases, the one over the Lambda limit is backed up on Fargate, the other
 on Lambda. The limit is put between their measured sizes through the stack's safety factor
@@ -16,9 +16,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgrunbook import aws, sizing, task
-from pgrunbook.local import ACCOUNT, LocalCloud, LocalDatabase, render_definition, state_machine_specs
-from pgrunbook.localpg import LocalServer
+from pgrunbook import aws, sizing
+from pgrunbook import fargate_task as task
+from pgrunbook.localcloud import ACCOUNT, LocalCloud, LocalDatabase, render_definition, state_machine_specs
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.sample import SAMPLE_MIGRATIONS, create_sample_database
 
 NEW_MIGRATION = {"20260301000000_note": 'ALTER TABLE "Job" ADD COLUMN "note" TEXT;\n'}
@@ -44,7 +45,7 @@ def databases(pg_server: LocalServer) -> Iterator[dict[str, str]]:
 
 
 class FargateInProcess:
-    """moto's ECS RunTask, plus what the container would do: `python -m pgrunbook.task` with the
+    """moto's ECS RunTask, plus what the container would do: `python -m pgrunbook.fargate_task` with the
     environment of the task definition (here: the functions' environment) and the container overrides.
 
     moto 5.2's Step Functions calls ECS with the state's parameters as written (`LaunchType`,

@@ -23,8 +23,8 @@ import psycopg
 import pytest
 
 from pgrunbook import aws
-from pgrunbook.local import REGION, LocalCloud, LocalDatabase
-from pgrunbook.localpg import LocalServer, free_port
+from pgrunbook.localcloud import REGION, LocalCloud, LocalDatabase
+from pgrunbook.pgserver import LocalServer, free_port
 
 ACCOUNT = "123456789012"
 RESTORE_GROUP = "pgrunbook-restore-tuned"  # what the local runner gives for the template's RestoreTunedParameterGroup
@@ -33,7 +33,7 @@ RETENTION_DAYS = 5
 
 
 def template_restore_parameters() -> dict[str, str]:
-    from pgrunbook.local import load_template
+    from pgrunbook.localcloud import load_template
 
     props = load_template()["Resources"]["RestoreTunedParameterGroup"]["Properties"]
     return {str(k): str(v) for k, v in props["Parameters"].items()}

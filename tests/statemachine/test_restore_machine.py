@@ -9,8 +9,8 @@ from typing import Any
 import psycopg
 
 from pgrunbook import aws
-from pgrunbook.local import Execution, LocalCloud
-from pgrunbook.localpg import LocalServer
+from pgrunbook.localcloud import Execution, LocalCloud
+from pgrunbook.pgserver import LocalServer
 from pgrunbook.settings import Settings
 
 

@@ -12,7 +12,7 @@ import os
 from functools import cache
 from typing import Any
 
-from pgrunbook.local import load_template
+from pgrunbook.localcloud import load_template
 
 ACCOUNT, REGION, STACK = "111122223333", "eu-west-1", "pgrunbook-prod"
 STACK_UUID = "4f1c2d3e-aaaa-bbbb-cccc-1234567890ab"

@@ -27,7 +27,7 @@ from pgrunbook.approval.server import ApprovalServer
 from pgrunbook.approval.service import ApprovalRequest, ApprovalService, Created
 from pgrunbook.approval.signing import signer_from_secret
 from pgrunbook.approval.store import ApprovalStore
-from pgrunbook.local import handler_path, load_handler
+from pgrunbook.localcloud import handler_path, load_handler
 from pgrunbook.settings import Settings
 from tests.conftest import AWS_TEST_ENV
 

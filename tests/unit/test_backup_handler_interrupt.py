@@ -12,7 +12,7 @@ import pytest
 from pgrunbook import operations
 from pgrunbook.errors import Interrupted, PgrunbookError
 from pgrunbook.lambda_support import LocalContext
-from pgrunbook.local import handler_path, load_handler
+from pgrunbook.localcloud import handler_path, load_handler
 
 
 def _emf(out: str) -> list[dict[str, Any]]:

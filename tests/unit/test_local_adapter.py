@@ -1,4 +1,4 @@
-"""The one patch point of pgrunbook.local: moto's LambdaSimpleBackend.invoke replaced by our handlers.
+"""The one patch point of pgrunbook.localcloud: moto's LambdaSimpleBackend.invoke replaced by our handlers.
 
 If a moto upgrade changes how Lambda Tasks reach the backend, the handler's result stops coming
 through (moto's simple backend only echoes its input): these tests fail loudly then."""
@@ -14,7 +14,7 @@ import pytest
 from moto import mock_aws
 
 from pgrunbook import aws
-from pgrunbook.local import MOTO_MINOR, LambdaAdapter, check_moto
+from pgrunbook.localcloud import MOTO_MINOR, LambdaAdapter, check_moto
 from tests.conftest import AWS_TEST_ENV
 
 ARN = "arn:aws:lambda:us-east-1:123456789012:function:Probe"

@@ -16,7 +16,7 @@ from pgrunbook.archive import (
     toc_owners,
     toc_system_acls,
 )
-from pgrunbook.catalog import DatabaseIdentity, TableRef, display_name, ident, same_database
+from pgrunbook.dbinfo import DatabaseIdentity, TableRef, display_name, ident, same_database
 from pgrunbook.errors import PgrunbookError
 from pgrunbook.manifest import MANIFEST_VERSION, Manifest, contents
 from tests.fixtures.manifest_versions import as_v1

@@ -17,8 +17,8 @@ ENV_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv", "
 ALLOWED = {("settings.py", None), ("pgtools.py", "tool_env")}  # (module, function; None = the whole module)
 # where Settings are built from the environment: the CLI's main, the Lambda handler shell, the Fargate
 # task, the local runner, and the sample app's own main (a separate program)
-SHELLS = {("cli/__init__.py", "main"), ("lambda_support.py", "configured"), ("task.py", "main"),
-          ("local.py", "__init__"), ("sampleapp.py", "main")}
+SHELLS = {("cli/__init__.py", "main"), ("lambda_support.py", "configured"), ("fargate_task.py", "main"),
+          ("localcloud/cloud.py", "__init__"), ("sampleapp.py", "main")}
 
 
 def modules() -> Iterator[tuple[str, ast.Module]]:
@@ -85,7 +85,7 @@ def test_the_checks_see_what_they_must() -> None:
     assert len(environment_reads("x.py", tree)) == 4
     assert environment_reads("settings.py", tree) == []
     assert settings_built("x.py", tree) == ["x.py:7 (g)"]
-    assert settings_built("task.py", ast.parse("def main():\n    return Settings.from_env()\n")) == []
+    assert settings_built("fargate_task.py", ast.parse("def main():\n    return Settings.from_env()\n")) == []
 
 
 def test_the_package_is_where_the_test_looks() -> None:

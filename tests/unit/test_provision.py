@@ -118,7 +118,7 @@ def test_without_a_production_group_a_target_still_leaves_the_restore_tuned_one(
 def test_the_template_restore_tuned_group_is_the_provisioners() -> None:
     """One set of restore-tuned values: template.yaml's RestoreTunedParameterGroup holds RDS_RESTORE_PARAMETERS
     (and forces SSL); the template passes it as the group a new target is created with."""
-    from pgrunbook.local import load_template
+    from pgrunbook.localcloud import load_template
 
     template = load_template()
     params = dict(template["Resources"]["RestoreTunedParameterGroup"]["Properties"]["Parameters"])

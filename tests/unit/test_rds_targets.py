@@ -21,7 +21,7 @@ from pgrunbook import aws, operations
 from pgrunbook.errors import PgrunbookError, TargetDeleting, TargetNotOwned
 from pgrunbook.events import ProvisionEvent, TargetRef
 from pgrunbook.lambda_support import LocalContext, error_payload
-from pgrunbook.local import handler_path, load_handler
+from pgrunbook.localcloud import handler_path, load_handler
 from pgrunbook.provision import rds as provision_rds
 from pgrunbook.settings import Settings
 from tests.conftest import project_root

@@ -14,7 +14,7 @@ import pytest
 
 from pgrunbook.cli import main
 from pgrunbook.errors import ConfigError, SettingsInvalid, UsageError
-from pgrunbook.local import load_template
+from pgrunbook.localcloud import load_template
 from pgrunbook.settings import RETIRED, VARIABLES, RdsSettings, Settings
 from tests.conftest import project_root
 
@@ -203,7 +203,7 @@ def test_the_cli_reads_them_once_and_a_bad_one_is_a_usage_error(monkeypatch: pyt
 
 
 def test_the_fargate_task_names_what_it_lacks(capsys: pytest.CaptureFixture[str]) -> None:
-    from pgrunbook import task
+    from pgrunbook import fargate_task as task
     from tests.fixtures.restore_helpers import reset_cli_logging
 
     try:

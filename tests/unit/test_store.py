@@ -11,8 +11,9 @@ from moto import mock_aws
 
 from pgrunbook import aws
 from pgrunbook.errors import ObjectExists, StoreError, UsageError
+from pgrunbook.keys import decode_segment, encode_segment
 from pgrunbook.manifest import parse_sha256_file, sha256_line
-from pgrunbook.store import LocalStore, S3Store, decode_segment, encode_segment, open_store, split_uri, writing
+from pgrunbook.store import LocalStore, S3Store, open_store, split_uri, writing
 from tests.fixtures.hostile_names import HOSTILE_NAMES, random_names
 
 

@@ -15,7 +15,7 @@ from moto import mock_aws
 
 from pgrunbook import aws, reporting
 from pgrunbook.lambda_support import LocalContext
-from pgrunbook.local import handler_path, load_handler
+from pgrunbook.localcloud import handler_path, load_handler
 from pgrunbook.settings import Settings
 from tests.conftest import AWS_TEST_ENV
 from tests.unit.template_support import raw_template

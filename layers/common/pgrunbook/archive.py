@@ -29,7 +29,8 @@ from .dumpfile import (
     toc_system_acls,
 )
 from .errors import PgrunbookError, StoreError, UsageError
-from .manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest, parse_sha256_file
+from .keys import MANIFEST_SUFFIX, SHA256_SUFFIX
+from .manifest import Manifest, parse_sha256_file
 from .pgtools import PgRestore
 from .store import Store, split_uri
 

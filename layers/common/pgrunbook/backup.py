@@ -36,16 +36,17 @@ from typing import Any
 
 import psycopg
 
-from . import __version__, catalog, lockwait
+from . import __version__, dbinfo, lockwait
 from .dburl import DatabaseUrl
 from .errors import BackupFailed, OutputExists, PgrunbookError, StoreError, ToolError, UsageError
-from .manifest import MANIFEST_SUFFIX, MANIFEST_VERSION, SHA256_SUFFIX, Manifest, sha256_line
+from .keys import MANIFEST_SUFFIX, SHA256_SUFFIX, archive_key
+from .manifest import MANIFEST_VERSION, Manifest, sha256_line
 from .manifest import _validator as manifest_validator
 from .manifest import contents as manifest_contents
 from .pgtools import PgDump, RunningTool
 from .processes import ToolProcess, guard_path
 from .settings import COMPRESSIONS, KINDS, Settings
-from .store import LocalStore, ObjectWriter, Store, encode_segment, open_store
+from .store import LocalStore, ObjectWriter, Store, open_store
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -109,13 +110,6 @@ class _Plan:
     def sha_name(self) -> str:
         """The file name written inside the .sha256 line (`sha256sum -c` run beside the archive)."""
         return self.out_name if self.out_name is not None else Path(self.key).name
-
-
-def archive_key(database: str, kind: str, when: datetime, ext: str) -> str:
-    """DESIGN.md §3: <database>/<kind>/<YYYY>/<MM>/db-backup-YYYYMMDD-HHMMSSZ.<ext>, the database and kind
-    encoded as one path segment each (store.encode_segment: `..`, `a/b` or a newline cannot leave DEST)."""
-    return (f"{encode_segment(database)}/{encode_segment(kind)}/{when:%Y}/{when:%m}/"
-            f"db-backup-{when:%Y%m%d-%H%M%S}Z.{ext}")
 
 
 def _compression(compress: str | None, level: int, plain: bool) -> str:
@@ -314,7 +308,7 @@ class _CatalogReader:
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
-        self.counts: dict[catalog.TableRef, int] = {}
+        self.counts: dict[dbinfo.TableRef, int] = {}
         self.seqs: dict[tuple[str, str], int | None] = {}
         self.exts: dict[str, str] = {}
         self.roles: list[str] = []
@@ -331,15 +325,15 @@ class _CatalogReader:
         conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         # JIT would compile code for every big count(*) (jit_above_cost): pure overhead here
         conn.execute("SELECT set_config('jit', 'off', true) WHERE current_setting('jit', true) IS NOT NULL")
-        tables = catalog.user_tables(conn)
-        self.counts = catalog.exact_counts(conn, tables)
-        self.seqs = catalog.sequences(conn)
-        self.exts = catalog.extensions(conn)
-        self.roles = catalog.roles_used(conn)
-        self.owners, self.schemas = catalog.owner_roles(conn), catalog.schema_owners(conn)
-        self.prisma_schema = catalog.prisma_schema(conn)
-        self.prisma_table = catalog.prisma_table(conn)
-        self.prisma = catalog.prisma_migrations(conn, self.prisma_schema) if self.prisma_schema is not None else None
+        tables = dbinfo.user_tables(conn)
+        self.counts = dbinfo.exact_counts(conn, tables)
+        self.seqs = dbinfo.sequences(conn)
+        self.exts = dbinfo.extensions(conn)
+        self.roles = dbinfo.roles_used(conn)
+        self.owners, self.schemas = dbinfo.owner_roles(conn), dbinfo.schema_owners(conn)
+        self.prisma_schema = dbinfo.prisma_schema(conn)
+        self.prisma_table = dbinfo.prisma_table(conn)
+        self.prisma = dbinfo.prisma_migrations(conn, self.prisma_schema) if self.prisma_schema is not None else None
         self.seconds = time.monotonic() - tc
         manifest_validator()  # compiled now rather than after the archive is written
 
@@ -355,9 +349,9 @@ def run_backup(opts: BackupOptions, settings: Settings,
     if not 0 <= lock_wait < 10**7:  # also refuses nan and inf
         raise UsageError(f"--lock-wait-timeout must be 0 (wait forever) or a number of seconds, not {lock_wait!r}")
     tag = lockwait.new_tag()  # application_name of every session of this backup (see lockwait)
-    conn = catalog.connect(url, autocommit=True, application=tag)
+    conn = dbinfo.connect(url, autocommit=True, application=tag)
     try:
-        identity = catalog.server_identity(conn)
+        identity = dbinfo.server_identity(conn)
         dump = PgDump.find(url, min_major=identity.major, pg_bin=settings.pg_bin, server_major=identity.major,
                            env={"PGAPPNAME": tag})
         plan = _plan(opts, settings, identity.database, started, identity.database_size_bytes)

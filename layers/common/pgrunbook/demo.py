@@ -4,10 +4,10 @@ What it starts (all stopped again on every way out):
 - production: a local PostgreSQL 18 server with the sample application database `app` (pgrunbook.sample:
   "User", "Job", "SecurityEvent", `_prisma_migrations`; `--rows` rows), a small `app_staging` database and
   the application's role `app`;
-- targets: a second, fresh local server started restore-tuned (localpg.RESTORE_TUNED): the host of fresh
+- targets: a second, fresh local server started restore-tuned (pgserver.RESTORE_TUNED): the host of fresh
   restore targets, the local stand-in for a new RDS instance;
 - the stack: template.yaml with `statemachines/*.asl.json` in local Step Functions (moto, in-process), the
-  Lambda handlers of `functions/*/app.py` called in-process (pgrunbook.local.LocalCloud), the approval
+  Lambda handlers of `functions/*/app.py` called in-process (pgrunbook.localcloud.LocalCloud), the approval
   function on 127.0.0.1 (pgrunbook.approval.runner);
 - the application: pgrunbook.sampleapp for production and for staging, each reading its DATABASE_URL from
   the local Secrets Manager when it starts and when it is rolled (signed webhook), with a light write load
@@ -56,7 +56,8 @@ from psycopg import sql
 from . import aws
 from .dburl import DatabaseUrl, mask_secrets
 from .errors import DemoFailed, PgrunbookError, UsageError
-from .localpg import RESTORE_TUNED, LocalServer
+from .keys import release_migrations_prefix
+from .pgserver import RESTORE_TUNED, LocalServer
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +357,7 @@ class DemoStack:
 
     def _start(self) -> None:
         from .approval.runner import LocalApprovals
-        from .local import LocalCloud, LocalDatabase
+        from .localcloud import LocalCloud, LocalDatabase
         from .sample import create_sample_database
         from .sampleapp import SampleApp
 
@@ -579,7 +580,7 @@ class DemoStack:
 
     def upload_migrations(self, folder: Path, version: str) -> str:
         """What the release pipeline does (docs/migrations.md): the migrations folder under `_releases/`."""
-        prefix = f"_releases/{version}/migrations"
+        prefix = release_migrations_prefix(version)
         s3 = aws.client("s3")
         for path in sorted(folder.rglob("*")):
             if path.is_file():

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from .archive import ArchiveRef
-from .catalog_list import latest_backup
+from .backup_index import latest_backup
 from .dburl import mask_secrets
 from .errors import BackupNotFound, Interrupted, PgrunbookError, UsageError
 from .provision import ProvisionedTarget, Provisioner, get_provisioner

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from .catalog import legacy_name
+from .dbinfo import legacy_name
 from .errors import ToolError
 from .manifest import Manifest
 from .pgtools import PgRestore, RunningTool

@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from . import catalog
+from . import dbinfo
 from .dburl import DatabaseUrl, mask_secrets
 from .errors import LockTimeout, PgrunbookError
 
@@ -89,7 +89,7 @@ class Blocker:
             "no query yet"
         # application_name holds printable ASCII only (the server replaces anything else by '?')
         return (f"pid {self.pid} (application {self.application or '(none)'}, "
-                f"user {catalog.ident(self.user) if self.user else '(unknown)'}, {self.state}, {started})")
+                f"user {dbinfo.ident(self.user) if self.user else '(unknown)'}, {self.state}, {started})")
 
 
 @dataclass
@@ -131,7 +131,7 @@ class LockWatch:
         if self._stop.wait(self.poll):
             return
         try:
-            conn = catalog.connect(self.url, autocommit=True, application=f"{self.tag}-watch")
+            conn = dbinfo.connect(self.url, autocommit=True, application=f"{self.tag}-watch")
         except PgrunbookError as exc:
             log.debug("lock watch: cannot connect", extra={"reason": str(exc)})
             return
@@ -154,7 +154,7 @@ class LockWatch:
         now = time.monotonic()
         sightings: dict[int, Sighting] = {}
         for pid, schema, rel, locktype, waited_s, bpid, app, state, qstart, user in rows:
-            table = catalog.ident(str(schema)) + "." + catalog.ident(str(rel)) if rel is not None \
+            table = dbinfo.ident(str(schema)) + "." + dbinfo.ident(str(rel)) if rel is not None \
                 else f"a {locktype} lock"
             seen = sightings.get(pid)
             if seen is None:
@@ -188,7 +188,7 @@ class LockWatch:
     def end_sessions(self, keep: Sequence[int] = ()) -> None:
         """Terminate every session of this run still on the server (but those in `keep`). Never raises."""
         try:
-            with catalog.connect(self.url, autocommit=True, application=f"{self.tag}-cleanup") as conn:
+            with dbinfo.connect(self.url, autocommit=True, application=f"{self.tag}-cleanup") as conn:
                 conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                              "WHERE application_name = %s AND pid <> pg_backend_pid() AND pid <> ALL(%s)",
                              (self.tag, list(keep)))

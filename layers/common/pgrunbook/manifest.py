@@ -8,7 +8,7 @@ Invariants:
 - Version 2 keeps names as data: tables and sequences are objects with separate `schema` and
   `name` (tables also their OID), so no two tables share a key, whatever their names hold.
 - Readers never look inside `data` for tables or sequences: they use the views below, which
-  key both versions by `key(schema, name)` (`catalog.display_name` for version 2, the old
+  key both versions by `key(schema, name)` (`dbinfo.display_name` for version 2, the old
   "schema.name" text for version 1), so one comparison works for either version.
 """
 
@@ -22,11 +22,9 @@ from typing import Any
 
 import fastjsonschema
 
-from .catalog import TableRef, display_name, legacy_name
+from .dbinfo import TableRef, display_name, legacy_name
 from .errors import ManifestInvalid
 
-MANIFEST_SUFFIX = ".manifest.json"
-SHA256_SUFFIX = ".sha256"
 MANIFEST_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _PRISMA_TABLE = "_prisma_migrations"

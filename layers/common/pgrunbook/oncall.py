@@ -17,15 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .catalog_list import BackupEntry, database_dest, latest_backup
+from .backup_index import BackupEntry, latest_backup
 from .errors import StoreError
+from .keys import database_dest, restore_reports_prefix, watch_key
 from .lambda_support import DatabaseConfig
-from .operations import REPORTS_PREFIX, drilled_databases
+from .operations import drilled_databases
 from .pitr import PitrWindow, pitr_window
 from .settings import Settings
 from .store import open_store
-
-WATCH_PREFIX = f"{REPORTS_PREFIX}/watch"
 
 
 @dataclass
@@ -52,7 +51,7 @@ def _store(settings: Settings) -> Any:
 
 
 def first_seen(store: Any, name: str, now: datetime, *, record: bool) -> datetime:
-    key = f"{WATCH_PREFIX}/{name}.json"
+    key = watch_key(name)
     try:
         return datetime.fromisoformat(json.loads(store.get_bytes(key))["first_seen"])
     except StoreError:
@@ -68,7 +67,7 @@ def first_seen(store: Any, name: str, now: datetime, *, record: bool) -> datetim
 def drill_reports(store: Any, name: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(newest report, newest verified report) under _reports/restore/<name>/ (keys sort by time)."""
     newest = verified = None
-    for key in sorted((i.key for i in store.list(f"{REPORTS_PREFIX}/restore/{name}/")), reverse=True):
+    for key in sorted((i.key for i in store.list(restore_reports_prefix(name))), reverse=True):
         rep = json.loads(store.get_bytes(key))
         newest = newest or rep
         if rep.get("verified"):

@@ -1,6 +1,6 @@
 """What each Lambda function / Fargate task does with its (parsed) event: resolve credentials,
 call the core, return a JSON-able result. Handlers add logging/metrics around these calls; the
-Fargate task (`python -m pgrunbook.task`) calls the same functions, so both paths give the
+Fargate task (`python -m pgrunbook.fargate_task`) calls the same functions, so both paths give the
 same result shape. Every function takes the shell's Settings (read once there) and reads nothing else.
 
 Restore targets: `database` (provision.database) and `rds` (provision.rds, the one RDS provisioner,
@@ -19,7 +19,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .backup import BackupOptions, BackupResult, run_backup
-from .catalog_list import database_dest, latest_backup
+from .backup_index import latest_backup
 from .errors import ConfigError, PgrunbookError, StoreError, UsageError
 from .errors import NoBackup as NoBackup  # raised here (and named so by callers)
 from .errors import TaskResultMissing as TaskResultMissing
@@ -33,15 +33,13 @@ from .events import (
     TargetSpec,
     VerifyEvent,
 )
+from .keys import database_dest
 from .lambda_support import database_url, one_line, secret_url
 from .settings import Settings
 from .store import open_store, split_uri
 
 log = logging.getLogger(__name__)
 
-REPORTS_PREFIX = "_reports"
-TASKS_PREFIX = "_tasks"
-APPROVALS_PREFIX = "_approvals"
 GB = 1024**3
 
 
@@ -60,13 +58,13 @@ def _runner(operation: str, size_bytes: int | None, settings: Settings, forced: 
 def _measured_size(name: str, settings: Settings) -> int | None:
     """pg_database_size of a configured database now; None when it cannot be reached (the backup
     itself then reports why, on whichever runner)."""
-    from . import catalog
+    from . import dbinfo
     from .dburl import DatabaseUrl
 
     try:
         url = DatabaseUrl.parse(database_url(settings.database(name)))
-        with catalog.connect(url, application="pgrunbook-plan") as conn:
-            return catalog.server_identity(conn).database_size_bytes
+        with dbinfo.connect(url, application="pgrunbook-plan") as conn:
+            return dbinfo.server_identity(conn).database_size_bytes
     except PgrunbookError as exc:
         log.warning("could not measure the database size", extra={"database": name, "reason": str(exc)})
         return None
@@ -293,12 +291,7 @@ def verify(ev: VerifyEvent, settings: Settings) -> dict[str, Any]:
     return {**out, "text": report.text(), "summary": one_line(summary, limit=4000)}
 
 
-# --------------------------------------------------------------------------- Fargate task results
-def task_result_key(execution: str, name: str) -> str:
-    safe = execution.rsplit(":", 1)[-1]
-    return f"{TASKS_PREFIX}/{safe}/{name}.json"
-
-
+# ---------------------------------------------------------------- Fargate task results (keys.task_result_key)
 def write_task_result(settings: Settings, key: str, payload: dict[str, Any]) -> None:
     open_store(_dest(settings), kms_key_id=settings.kms_key_id).put_bytes(
         key, json.dumps(payload, default=str).encode(), "application/json")

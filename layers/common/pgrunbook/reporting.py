@@ -22,8 +22,8 @@ from typing import Any
 
 from . import aws
 from .approval.service import approval_summary
+from .keys import restore_report_key
 from .lambda_support import describe_failure, described_error, one_line
-from .operations import REPORTS_PREFIX
 from .settings import Settings
 from .store import open_store
 
@@ -100,7 +100,7 @@ def restore_report(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
     cutover = data.get("cutover") if isinstance(data.get("cutover"), dict) else None
     if cutover:  # a cutover's or rollback's report (pgrunbook.cutover) joins the restore's
         report["cutover"] = {k: v for k, v in cutover.items() if k != "text"}
-    key = f"{REPORTS_PREFIX}/restore/{database}/{now:%Y/%m}/{now:%Y%m%d-%H%M%S}Z-{mode}.json"
+    key = restore_report_key(database, now, mode)
     _store(settings).put_bytes(key, json.dumps(report, indent=2, default=str).encode(), "application/json")
     uri = _store(settings).uri(key)
     lines = [f"pgrunbook {mode} of {database}: {'VERIFIED' if verified else 'FAILED'}",

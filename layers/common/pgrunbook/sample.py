@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import psycopg
 
-from .catalog import connect
+from .dbinfo import connect
 from .dburl import DatabaseUrl
 from .migrations import history
 from .migrations.files import checksum

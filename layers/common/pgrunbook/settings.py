@@ -2,7 +2,7 @@
 
 Each shell builds them once where its work starts and passes them down: the CLI's `main`, a Lambda
 handler (lambda_support.Powertools.handler, at the start of each invocation), the Fargate task
-(`task.main`) and the local runner (`local.LocalCloud`, which also writes the functions' environment
+(`fargate_task.main`) and the local runner (`localcloud.LocalCloud`, which also writes the functions' environment
 through `set_environment`). No other module of the package reads the environment
 (tests/unit/test_no_env_reads.py keeps it so; pgtools copies it into the environment of the pg tools it
 starts, which is not configuration).

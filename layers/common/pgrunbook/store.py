@@ -3,7 +3,7 @@
 A location is a URI: `s3://bucket/prefix/...` or a filesystem path. Keys are relative,
 '/'-separated, and never hold an empty, `.` or `..` segment (checked on every write and
 delete), so no key reaches outside its store. Names that come from outside (a database
-name, a kind) become key segments only through `encode_segment` (reversible, one-to-one).
+name, a kind) become key segments only through `keys.encode_segment` (reversible, one-to-one).
 
 Writers stream: the S3 writer is a multipart upload with a bounded number of parts in flight
 (memory stays flat whatever the size); the folder writer writes a partial file whose name is
@@ -40,41 +40,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
-from urllib.parse import unquote
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import aws
 from .errors import ObjectExists, StoreError, UsageError
+from .keys import PARTIAL_SUFFIX
 from .pgtools import Guard, guard_path, guard_s3_object, guard_s3_upload
 
 log = logging.getLogger(__name__)
 
-PARTIAL_SUFFIX = ".partial"
 MAX_SERIAL = 1000  # `unique` writers try <stem>.2.<ext> … <stem>.1000.<ext>, then give up
-
-_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
-
-
-def encode_segment(name: str) -> str:
-    """A database name or a kind as ONE path segment and S3 key segment; `decode_segment` reverses it.
-
-    Each byte of the UTF-8 name outside [A-Za-z0-9_.-] is written %XX (uppercase hex), and so is a
-    leading '.' or '-': the result is never empty, '.', '..', hidden or option-like, never holds '/',
-    a control character or anything a shell or S3 tool treats specially. '%' itself is always encoded,
-    so the mapping is one-to-one. Ordinary names (app, my_db, app-2.v1) are unchanged; a 63-byte name
-    (Postgres' limit) stays within 189 characters, under every file system's 255."""
-    if not name:
-        raise UsageError("an empty name cannot be a path segment")
-    raw = name.encode("utf-8")
-    return "".join(chr(b) if b in _SAFE and not (i == 0 and b in b".-") else f"%{b:02X}"
-                   for i, b in enumerate(raw))
-
-
-def decode_segment(segment: str) -> str:
-    """The name `encode_segment` encoded."""
-    return unquote(segment, errors="strict")
-
 
 def numbered(key: str, serial: int) -> str:
     """The serial-th candidate name for key: 'a/x.dump' (1), 'a/x.2.dump', 'a/x.3.dump', …"""

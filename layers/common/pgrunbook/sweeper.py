@@ -114,7 +114,7 @@ def rds_targets(stack: str) -> list[Found]:
 
 def database_targets(stack: str, settings: Settings) -> list[Found]:
     """pgrunbook_drill_* databases labelled with this stack, on every configured server (once per server)."""
-    from . import catalog
+    from . import dbinfo
     from .dburl import DatabaseUrl
     from .provision.database import LABELS_SQL, parse_labels
 
@@ -128,7 +128,7 @@ def database_targets(stack: str, settings: Settings) -> list[Found]:
         try:
             url = DatabaseUrl.parse(secret_url(cfg.target_secret, host=cfg.host, port=cfg.port, dbname=cfg.database,
                                                sslmode=cfg.sslmode))
-            with catalog.connect(url, autocommit=True, application="pgrunbook-sweeper") as conn:
+            with dbinfo.connect(url, autocommit=True, application="pgrunbook-sweeper") as conn:
                 rows = conn.execute(LABELS_SQL + " WHERE d.datname LIKE 'pgrunbook\\_drill\\_%'").fetchall()
         except PgrunbookError as exc:
             log.warning("sweeper: cannot list the targets on a server", extra={"database": name, "reason": str(exc)})

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import catalog
+from . import dbinfo
 from .archive import ArchiveRef
 from .dburl import DatabaseUrl, mask_secrets
 from .errors import ManifestMissing, PgrunbookError, UsageError
@@ -139,7 +139,7 @@ def _load_manifest(opts: VerifyOptions) -> tuple[Manifest | None, str | None]:
 
 def _db_checks(report: VerifyReport, url: DatabaseUrl, manifest: Manifest | None) -> None:
     try:
-        conn = catalog.connect(url, autocommit=True, application="pgrunbook-verify")
+        conn = dbinfo.connect(url, autocommit=True, application="pgrunbook-verify")
     except PgrunbookError as exc:
         report.add("connectivity", "SELECT now() answers", "no connection", False, str(exc))
         return
@@ -163,7 +163,7 @@ def _db_checks(report: VerifyReport, url: DatabaseUrl, manifest: Manifest | None
 def _manifest_checks(report: VerifyReport, conn: psycopg.Connection[Any], manifest: Manifest) -> None:
     # both sides keyed by manifest.key(schema, name): unambiguous names (version 2), the old text (version 1)
     expected = manifest.tables
-    counted = catalog.exact_counts(conn, catalog.user_tables(conn))
+    counted = dbinfo.exact_counts(conn, dbinfo.user_tables(conn))
     actual = {manifest.key(t.schema, t.name): count for t, count in counted.items()}
     if len(actual) < len(counted):  # version 1 keys: "s.x".y and s."x.y" both read "s.x.y"
         keys = [manifest.key(t.schema, t.name) for t in counted]
@@ -181,7 +181,7 @@ def _manifest_checks(report: VerifyReport, conn: psycopg.Connection[Any], manife
                        f"{table}: expected {expected[table]} rows, found {actual[table]}")
     for table in sorted(set(actual) - set(expected)):
         report.add(f"rows {table}", "no such table", actual[table], False, "a table the backup did not have")
-    seqs = {manifest.key(schema, name): value for (schema, name), value in catalog.sequences(conn).items()}
+    seqs = {manifest.key(schema, name): value for (schema, name), value in dbinfo.sequences(conn).items()}
     for name, value in sorted(manifest.sequences.items()):
         if name not in seqs:
             report.add(f"sequence {name}", f">= {value}", "sequence missing", False)
@@ -210,7 +210,7 @@ def _applied(rows: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def _prisma_checks(report: VerifyReport, conn: psycopg.Connection[Any], manifest: Manifest | None) -> None:
-    rows = catalog.prisma_migrations(conn)
+    rows = dbinfo.prisma_migrations(conn)
     expected_rows = manifest.prisma_migrations if manifest is not None else None
     if rows is None:
         if expected_rows is not None:

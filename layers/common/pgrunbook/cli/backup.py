@@ -82,7 +82,7 @@ def cmd_verify_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    from ..catalog_list import list_backups
+    from ..backup_index import list_backups
 
     backups = list_backups(args.dest, settings=settings)
     rows = [b.to_dict() for b in backups]

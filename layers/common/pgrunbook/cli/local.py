@@ -56,7 +56,7 @@ def _machine_id(name: str, known: list[str]) -> str:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from ..dburl import DatabaseUrl
-    from ..local import LocalCloud, LocalDatabase, load_template, state_machine_specs
+    from ..localcloud import LocalCloud, LocalDatabase, load_template, state_machine_specs
 
     if len(args.steps) % 2:
         raise UsageError("give MACHINE INPUT pairs, e.g. Backup '{\"kind\": \"manual\"}'")

@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import catalog
+from .. import dbinfo
 from ..dburl import DatabaseUrl, mask_secrets
 from ..errors import FreezeFailed, PgrunbookError, ReadOnlyRefused
 
@@ -44,7 +44,7 @@ _TRUE = ("on", "true", "yes", "1")
 @contextmanager
 def manage(url: DatabaseUrl) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit session that may write even on a read-only database (to manage it)."""
-    with catalog.connect(url, autocommit=True, application=APPLICATION) as conn:
+    with dbinfo.connect(url, autocommit=True, application=APPLICATION) as conn:
         conn.execute("SET default_transaction_read_only = off")
         yield conn
 
@@ -117,7 +117,7 @@ def sessions(conn: psycopg.Connection[Any], *, user: str | None = None, applicat
 
 
 def count_sessions(url: DatabaseUrl, *, user: str | None = None, application_name: str | None = None) -> int:
-    with catalog.connect(url, autocommit=True, application=APPLICATION) as conn:
+    with dbinfo.connect(url, autocommit=True, application=APPLICATION) as conn:
         return len(sessions(conn, user=user, application_name=application_name))
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import aws, catalog
+from .. import aws, dbinfo
 from ..dburl import DatabaseUrl, mask_secrets
 from ..errors import CutoverError, PgrunbookError, ProductionReadyFailed
 from ..settings import Settings
@@ -46,7 +46,7 @@ _NOT_COPIED = ("default_transaction_read_only",)
 def app_login(url: DatabaseUrl) -> CheckResult:
     """Can the application's role (its own credentials) connect to the candidate?"""
     try:
-        with catalog.connect(url, autocommit=True, application=dbstate.APPLICATION) as conn:
+        with dbinfo.connect(url, autocommit=True, application=dbstate.APPLICATION) as conn:
             conn.execute("SELECT 1")
     except PgrunbookError as exc:
         return CheckResult("application login", f"{url.user} connects", "refused", False, str(exc))
@@ -117,7 +117,7 @@ def database_production_ready(source: DatabaseUrl, candidate: DatabaseUrl, *, so
                               execution: str) -> list[CheckResult]:
     """Mark the candidate kept, then give it the source database's settings, grants and owner (in that
     order: once the owner changes we may no longer change the rest). Returns one check per property."""
-    with catalog.connect(source, autocommit=True, application=dbstate.APPLICATION) as conn:
+    with dbinfo.connect(source, autocommit=True, application=dbstate.APPLICATION) as conn:
         owner, acl, settings = _database_facts(conn)
     with dbstate.manage(candidate) as conn:
         db = sql.Identifier(candidate.dbname)
@@ -146,7 +146,7 @@ def database_production_ready(source: DatabaseUrl, candidate: DatabaseUrl, *, so
         except psycopg.Error as exc:
             raise ProductionReadyFailed(f"cannot make {candidate.display()} production-ready: "
                                         f"{mask_secrets(' '.join(str(exc).split()))[:300]}") from None
-    with catalog.connect(candidate, autocommit=True, application=dbstate.APPLICATION) as conn:
+    with dbinfo.connect(candidate, autocommit=True, application=dbstate.APPLICATION) as conn:
         got_owner, got_acl, got_settings = _database_facts(conn)
     return [
         CheckResult("database owner as on the source", owner, got_owner, got_owner == owner),

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import catalog
+from .. import dbinfo
 from ..dburl import DatabaseUrl
 from ..errors import PgrunbookError, RetireRefused, UsageError
 from . import dbstate
@@ -47,7 +47,7 @@ def run_retire(database_url: str | None, *, force: bool, confirm: str | None,
     if confirm != url.dbname:
         raise UsageError(f"--confirm must repeat the database name exactly ({url.dbname!r}), got {confirm!r}")
     today = today or date.today()
-    with catalog.connect(url, autocommit=True, application=dbstate.APPLICATION) as conn:
+    with dbinfo.connect(url, autocommit=True, application=dbstate.APPLICATION) as conn:
         mark = dbstate.retire_mark(conn)
         if mark is None:
             raise RetireRefused(f"{url.display()} carries no pgrunbook retire mark (only a database pgrunbook cut "
@@ -64,7 +64,7 @@ def run_retire(database_url: str | None, *, force: bool, confirm: str | None,
     last: Exception | None = None
     for maintenance in ("postgres", "template1"):
         try:
-            with catalog.connect(url.with_dbname(maintenance), autocommit=True,
+            with dbinfo.connect(url.with_dbname(maintenance), autocommit=True,
                                  application=dbstate.APPLICATION) as conn:
                 conn.execute("SET default_transaction_read_only = off")
                 conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(url.dbname)))

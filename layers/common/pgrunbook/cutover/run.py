@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from .. import catalog
+from .. import dbinfo
 from ..dburl import DatabaseUrl
 from ..errors import (
     CountsDiffer,
@@ -88,7 +88,7 @@ def same_database(a: DatabaseUrl, b: DatabaseUrl) -> bool:
     try:
         ids = []
         for url in (a, b):
-            with catalog.connect(url, autocommit=True, application=dbstate.APPLICATION) as conn:
+            with dbinfo.connect(url, autocommit=True, application=dbstate.APPLICATION) as conn:
                 row = conn.execute("SELECT current_setting('port'), extract(epoch FROM pg_postmaster_start_time())"
                                    "::text, current_database()").fetchone()
                 ids.append(tuple(row) if row else None)
@@ -267,7 +267,7 @@ def run_cutover(opts: CutoverOptions) -> CutoverReport:
 
     # 1. pre-flight: nothing changes here
     try:
-        with catalog.connect(new, autocommit=True, application=dbstate.APPLICATION):
+        with dbinfo.connect(new, autocommit=True, application=dbstate.APPLICATION):
             pass
         previous_version = check_secret_points_at(slot, old, new)
         roller.check()

@@ -309,12 +309,12 @@ def do_freeze_refresh(ctx: Context) -> dict[str, Any]:
 
 def server_session(url: DatabaseUrl) -> Any:
     """A management session on the server of `url`, in its maintenance database (to drop and rename)."""
-    from .. import catalog
+    from .. import dbinfo
 
     last: PgrunbookError | None = None
     for maintenance in ("postgres", "template1"):
         try:
-            conn = catalog.connect(url.with_dbname(maintenance), autocommit=True, application=dbstate.APPLICATION)
+            conn = dbinfo.connect(url.with_dbname(maintenance), autocommit=True, application=dbstate.APPLICATION)
         except PgrunbookError as exc:
             last = exc
             continue

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from .. import catalog
+from .. import dbinfo
 from ..dburl import DatabaseUrl, mask_secrets
 from ..errors import CountFailed, PgrunbookError
 
@@ -25,7 +25,7 @@ from ..errors import CountFailed, PgrunbookError
 def table_key(table: Any) -> str:
     """How a table is named in reports and manifests (schema.name, quoted where needed)."""
     schema, name = table[0], table[1]
-    display = getattr(catalog, "display_name", None)
+    display = getattr(dbinfo, "display_name", None)
     return str(display(schema, name)) if display is not None else f"{schema}.{name}"
 
 
@@ -34,11 +34,11 @@ def _legacy_key(table: Any) -> str:
 
 
 def _table_counts(url: DatabaseUrl, application: str) -> list[tuple[Any, int]]:
-    with catalog.connect(url, autocommit=True, application=application) as conn:
+    with dbinfo.connect(url, autocommit=True, application=application) as conn:
         conn.execute("SET default_transaction_read_only = on")  # counting never writes
         try:
-            tables = catalog.user_tables(conn)
-            counts = catalog.exact_counts(conn, tables)
+            tables = dbinfo.user_tables(conn)
+            counts = dbinfo.exact_counts(conn, tables)
         except psycopg.Error as exc:  # e.g. a table the role may not read
             reason = " ".join(str(exc).split())[:200]
             raise CountFailed(f"cannot count the rows of {url.display()}: {mask_secrets(reason)}") from None

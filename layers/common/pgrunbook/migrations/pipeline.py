@@ -133,7 +133,7 @@ class MigrateReport:
 
 
 def preflight(dest: str, database: str, settings: Settings) -> dict[str, Any]:
-    from ..catalog_list import latest_backup
+    from ..backup_index import latest_backup
 
     try:
         latest = latest_backup(dest, database=database, kind="scheduled", settings=settings)
@@ -271,7 +271,7 @@ def run_migrate(opts: MigrateOptions, settings: Settings) -> MigrateReport:
 
     # 4. rehearsal
     if opts.rehearse or opts.require_rehearsal:
-        from ..catalog_list import latest_backup
+        from ..backup_index import latest_backup
 
         backup = opts.rehearse_from
         if not backup:

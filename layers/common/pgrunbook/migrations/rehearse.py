@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from .. import catalog
+from .. import dbinfo
 from ..dburl import DatabaseUrl, mask_secrets
 from ..errors import BackupNotFound, MigrationFailed, PgrunbookError, UsageError
 from ..settings import Settings
@@ -149,7 +149,7 @@ class _LockObserver:
 
     def _run(self) -> None:
         try:
-            with catalog.connect(self.url, autocommit=True, application="pgrunbook rehearsal sampler") as conn:
+            with dbinfo.connect(self.url, autocommit=True, application="pgrunbook rehearsal sampler") as conn:
                 conn.prepare_threshold = None
                 while not self._stop.is_set():
                     name, pid = self.current, self.pid

@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from .. import catalog
+from .. import dbinfo
 from ..dburl import DatabaseUrl
 from ..errors import FailedMigrationsPresent, MigrationFailed, NotManaged, ResolveRefused, UsageError
 from . import history
@@ -83,7 +83,7 @@ CLIENT_CHECK_INTERVAL = "2s"
 
 
 def open_connection(url: DatabaseUrl) -> psycopg.Connection[Any]:
-    conn = catalog.connect(url, autocommit=True, application=APPLICATION)
+    conn = dbinfo.connect(url, autocommit=True, application=APPLICATION)
     conn.prepare_threshold = None  # utility statements (SET, DDL) cannot be prepared
     # if this process dies mid-migration, the server notices within seconds (even during a long
     # statement), rolls back and releases the migration lock instead of holding it for a dead client

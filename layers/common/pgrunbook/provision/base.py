@@ -9,7 +9,7 @@ from typing import Any
 
 from psycopg import sql
 
-from .. import catalog
+from .. import dbinfo
 from ..dburl import DatabaseUrl
 
 
@@ -40,7 +40,7 @@ def create_roles(url: DatabaseUrl, roles: list[str]) -> list[str]:
     """Create the roles a backup's objects belong to on a fresh server (NOLOGIN); returns the created ones.
     Roles are cluster-wide and not in pg_dump's archive, so a new instance lacks them."""
     created = []
-    with catalog.connect(url, autocommit=True, application="pgrunbook-provision") as conn:
+    with dbinfo.connect(url, autocommit=True, application="pgrunbook-provision") as conn:
         existing = {str(r[0]) for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
         for role in roles:
             if role in existing or role.startswith("pg_"):

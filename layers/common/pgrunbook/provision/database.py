@@ -9,7 +9,7 @@ from typing import Any
 
 from psycopg import sql
 
-from .. import catalog
+from .. import dbinfo
 from ..dburl import DatabaseUrl
 from ..errors import TargetNotOwned
 from .base import ProvisionedTarget, unique_name
@@ -38,7 +38,7 @@ class DatabaseProvisioner:
         import psycopg
 
         name = name or unique_name(self.prefix)
-        with catalog.connect(self.server, autocommit=True, application="pgrunbook-provision") as conn:
+        with dbinfo.connect(self.server, autocommit=True, application="pgrunbook-provision") as conn:
             try:
                 conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
                     sql.Identifier(name)))
@@ -62,7 +62,7 @@ class DatabaseProvisioner:
 
     def destroy(self, target: ProvisionedTarget) -> None:
         t0 = time.monotonic()
-        with catalog.connect(self.server, autocommit=True, application="pgrunbook-provision") as conn:
+        with dbinfo.connect(self.server, autocommit=True, application="pgrunbook-provision") as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.name)))
         log.info("database dropped", extra={"database": target.name, "seconds": round(time.monotonic() - t0, 2)})
 

@@ -16,15 +16,15 @@ from pathlib import Path
 
 from psycopg import sql
 
-from .. import catalog
+from .. import dbinfo
 from ..dburl import DatabaseUrl
-from ..localpg import PRODUCTION, RESTORE_TUNED, LocalServer
+from ..pgserver import PRODUCTION, RESTORE_TUNED, LocalServer
 from ..pgtools import server_binaries
 from .base import ProvisionedTarget, analyze_database, create_roles, unique_name
 
 log = logging.getLogger(__name__)
 
-# On top of localpg.RESTORE_TUNED: a fresh instance holds nothing but the load, which can be repeated
+# On top of pgserver.RESTORE_TUNED: a fresh instance holds nothing but the load, which can be repeated
 # from the archive, so during the load it also skips fsync and full-page writes (the data is flushed
 # with a sync before the restart with production settings), and gets bigger buffers.
 LOAD_SETTINGS = {
@@ -57,7 +57,7 @@ class LocalInstanceProvisioner:
         self._servers[name] = server
         try:
             admin = DatabaseUrl.parse(server.url("postgres"))
-            with catalog.connect(admin, autocommit=True, application="pgrunbook-provision") as conn:
+            with dbinfo.connect(admin, autocommit=True, application="pgrunbook-provision") as conn:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
             created = create_roles(admin, roles or [])
         except BaseException:

@@ -288,10 +288,10 @@ class RdsProvisioner:
     def _ensure_database(self, inst: RdsInstance, dbname: str) -> None:
         from psycopg import sql
 
-        from .. import catalog
+        from .. import dbinfo
 
         server = DatabaseUrl.parse(self.url(inst, "postgres"))
-        with catalog.connect(server, autocommit=True, application="pgrunbook-provision") as conn:
+        with dbinfo.connect(server, autocommit=True, application="pgrunbook-provision") as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
 

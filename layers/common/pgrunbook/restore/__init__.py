@@ -4,7 +4,7 @@ Order of work (nothing reaches the target before every guard passed):
 
 1. `--force` given.
 2. The target: reachable, neither `$DATABASE_URL`'s database nor the backup's source (one check,
-   `catalog.same_database`: what the servers say about themselves, never host spellings), without a
+   `dbinfo.same_database`: what the servers say about themselves, never host spellings), without a
    pgrunbook restore mark (an earlier restore failed, was interrupted or killed: TargetMarked, drop
    and recreate the database), EMPTY (no table, view, sequence, function, type or large object in a
    non-system schema), server major >= the source's, every extension the archive uses available (all

@@ -4,7 +4,7 @@ Invariant: every check here only reads the target; nothing is written to it befo
 `check_target` runs twice: before the archive is fetched (what the manifest says the archive needs)
 and after (what the archive's own table of contents or script says: extensions, owners, grants on
 system objects). Order of the refusals: $DATABASE_URL's database, the backup's source database (one
-check, `catalog.same_database`: what the servers say about themselves, never host spellings), a
+check, `dbinfo.same_database`: what the servers say about themselves, never host spellings), a
 restore mark, emptiness, server version, extensions (present, creatable by this role), roles,
 ownership (the restoring role must be able to become each owner role and the owners must be able
 to create in their objects' schemas, unless `--no-owner` or a superuser restores).
@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from .. import catalog
+from .. import dbinfo
 from ..dburl import DatabaseUrl, mask_secrets
 from ..errors import PgrunbookError, PrivilegeRefused, TargetNotEmpty, TargetRefused
 from ..manifest import Manifest
@@ -32,17 +32,17 @@ SELECT kind, name FROM (
                           WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' ELSE 'foreign table' END,
            quote_ident(n.nspname) || '.' || quote_ident(c.relname)
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {catalog.USER_SCHEMAS}
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {dbinfo.USER_SCHEMAS}
       AND NOT EXISTS (SELECT 1 FROM ext WHERE classid = 'pg_class'::regclass AND objid = c.oid)
     UNION ALL
     SELECT 'function', quote_ident(n.nspname) || '.' || quote_ident(p.proname)
     FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-    WHERE {catalog.USER_SCHEMAS}
+    WHERE {dbinfo.USER_SCHEMAS}
       AND NOT EXISTS (SELECT 1 FROM ext WHERE classid = 'pg_proc'::regclass AND objid = p.oid)
     UNION ALL
     SELECT 'type', quote_ident(n.nspname) || '.' || quote_ident(t.typname)
     FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-    WHERE {catalog.USER_SCHEMAS} AND t.typcategory <> 'A'
+    WHERE {dbinfo.USER_SCHEMAS} AND t.typcategory <> 'A'
       AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
       AND NOT EXISTS (SELECT 1 FROM ext WHERE classid = 'pg_type'::regclass AND objid = t.oid)
     UNION ALL
@@ -67,7 +67,7 @@ class Needs:
     owners: set[str] | None = None  # roles owning objects (None: not known yet, e.g. a version 1 manifest)
     schemas: list[dict[str, Any]] = field(default_factory=list)  # name, owner, object_owners (manifest v2)
     system_acls: list[str] = field(default_factory=list)  # grants on pg_catalog objects (superuser only)
-    source: catalog.DatabaseIdentity | None = None  # the backup's source database
+    source: dbinfo.DatabaseIdentity | None = None  # the backup's source database
 
 
 def needs_of(manifest: Manifest | None) -> Needs:
@@ -81,13 +81,13 @@ def needs_of(manifest: Manifest | None) -> Needs:
     owners = manifest.owners
     needs.owners = None if owners is None else set(owners)
     needs.schemas = manifest.schemas or []
-    needs.source = catalog.DatabaseIdentity.recorded(src)
+    needs.source = dbinfo.DatabaseIdentity.recorded(src)
     return needs
 
 
 @dataclass
 class TargetInfo:
-    identity: catalog.ServerIdentity
+    identity: dbinfo.ServerIdentity
     available_extensions: set[str]
     installed_extensions: set[str]
     roles: set[str]
@@ -116,8 +116,8 @@ class Verdict:
 
 
 def inspect_target(url: DatabaseUrl, needs: Needs | None = None) -> TargetInfo:
-    with catalog.connect(url, autocommit=True, application="pgrunbook-restore") as conn:
-        identity = catalog.server_identity(conn)
+    with dbinfo.connect(url, autocommit=True, application="pgrunbook-restore") as conn:
+        identity = dbinfo.server_identity(conn)
         objects = target_objects(conn)
         mark = database_mark(conn)
         available = {str(r[0]) for r in conn.execute("SELECT name FROM pg_available_extensions").fetchall()}
@@ -154,9 +154,9 @@ def _creation_gaps(conn: psycopg.Connection[Any], schemas: list[dict[str, Any]],
     have CREATE on the object's schema; grants on schemas arrive only at the end of the restore, so only
     a schema that already exists in the target, or membership in a new schema's owner, can give that."""
     me = info.current_user
-    dbname = catalog.ident(info.identity.database)
+    dbname = dbinfo.ident(info.identity.database)
     existing = {str(r[0]) for r in conn.execute(
-        f"SELECT n.nspname FROM pg_namespace n WHERE {catalog.USER_SCHEMAS}").fetchall()}
+        f"SELECT n.nspname FROM pg_namespace n WHERE {dbinfo.USER_SCHEMAS}").fetchall()}
     asks: list[tuple[str, str, str]] = []  # (kind, role, schema or role)
     for entry in schemas:
         name, owner = str(entry["name"]), entry["owner"]
@@ -189,15 +189,15 @@ def _creation_gaps(conn: psycopg.Connection[Any], schemas: list[dict[str, Any]],
     for kind, role, what, ok in rows:
         if ok:
             continue
-        who = catalog.ident(str(role))
+        who = dbinfo.ident(str(role))
         if kind == "schema":
-            gap = (str(role), f"create in schema {catalog.ident(str(what))}",
-                   f"GRANT CREATE ON SCHEMA {catalog.ident(str(what))} TO {who}")
+            gap = (str(role), f"create in schema {dbinfo.ident(str(what))}",
+                   f"GRANT CREATE ON SCHEMA {dbinfo.ident(str(what))} TO {who}")
         elif kind == "database":
             gap = (str(role), f"create schemas in database {dbname}", f"GRANT CREATE ON DATABASE {dbname} TO {who}")
         else:
-            gap = (str(role), f"create in the schemas of {catalog.ident(str(what))}",
-                   f"GRANT {catalog.ident(str(what))} TO {who}")
+            gap = (str(role), f"create in the schemas of {dbinfo.ident(str(what))}",
+                   f"GRANT {dbinfo.ident(str(what))} TO {who}")
         (self_gaps if role == me else owner_gaps).append(gap)
     return self_gaps, owner_gaps
 
@@ -215,11 +215,11 @@ def _session_extras(conn: psycopg.Connection[Any]) -> dict[str, str]:
 
 
 def role_names(roles: list[str]) -> str:
-    return ", ".join(catalog.ident(r) for r in roles)
+    return ", ".join(dbinfo.ident(r) for r in roles)
 
 
 def check_target(url: DatabaseUrl, info: TargetInfo, needs: Needs, allow_no_owner: bool,
-                  production: catalog.DatabaseIdentity | None = None) -> Verdict:
+                  production: dbinfo.DatabaseIdentity | None = None) -> Verdict:
     """Raise TargetRefused when the target cannot take the archive; return what `allow_no_owner`
     (--no-owner, or skip_missing_roles) lets through: missing roles and owner roles the restoring
     role cannot become. Identity first (production, the backup's source), then emptiness, version,
@@ -227,14 +227,14 @@ def check_target(url: DatabaseUrl, info: TargetInfo, needs: Needs, allow_no_owne
     verdict = Verdict()
     ident = info.identity
     here = ident.database_identity()
-    if production is not None and catalog.same_database(production, here):
+    if production is not None and dbinfo.same_database(production, here):
         raise TargetRefused(f"the target {url.display()} is $DATABASE_URL (production): "
                             "restore into a new database and cut over instead")
     if needs.source is not None:
-        same = catalog.same_database(needs.source, here)
+        same = dbinfo.same_database(needs.source, here)
         if same:
             raise TargetRefused(
-                f"the target {url.display()} is the backup's source database ({catalog.ident(ident.database)} on "
+                f"the target {url.display()} is the backup's source database ({dbinfo.ident(ident.database)} on "
                 f"the server with system_identifier {ident.system_identifier}, port {ident.port}): "
                 "restore into a new database instead")
         if same is None:
@@ -261,7 +261,7 @@ def check_target(url: DatabaseUrl, info: TargetInfo, needs: Needs, allow_no_owne
         untrusted = [e for e in privileged if not info.extension_trusted.get(e)]
         no_create = [e for e in privileged if info.extension_trusted.get(e) and not info.can_create_in_database]
         if untrusted or no_create:
-            user = catalog.ident(info.current_user)
+            user = dbinfo.ident(info.current_user)
             reasons = [f"{', '.join(untrusted)}: only a superuser may create"] if untrusted else []
             if no_create:
                 reasons.append(f"{', '.join(no_create)}: needs CREATE on the database, which {user} lacks")
@@ -279,7 +279,7 @@ def check_target(url: DatabaseUrl, info: TargetInfo, needs: Needs, allow_no_owne
     if needs.owners is not None and not info.superuser:
         foreign = sorted(r for r in needs.owners if r in info.roles and r not in info.can_become)
         if foreign and not allow_no_owner:
-            user, many = catalog.ident(info.current_user), len(foreign) > 1
+            user, many = dbinfo.ident(info.current_user), len(foreign) > 1
             raise PrivilegeRefused(
                 f"the restoring role {user} cannot act as role{'s' if many else ''} {role_names(foreign)} that "
                 f"own{'' if many else 's'} objects in the backup: pass --no-owner to restore with {user} owning "
@@ -292,14 +292,14 @@ def check_target(url: DatabaseUrl, info: TargetInfo, needs: Needs, allow_no_owne
             f"{', ...' if len(needs.system_acls) > 3 else ''}), which only a superuser may restore: restore as a "
             f"superuser, or reset those privileges in the source and back it up again")
     if info.self_gaps:
-        user = catalog.ident(info.current_user)
+        user = dbinfo.ident(info.current_user)
         raise PrivilegeRefused(
             f"the restoring role {user} may not {' or '.join(what for _, what, _ in info.self_gaps)} of the target, "
             f"which the backup needs: grant it first ({'; '.join(grant for _, _, grant in info.self_gaps)}), "
             "or restore as a superuser")
     if info.owner_gaps and not allow_no_owner:
-        user = catalog.ident(info.current_user)
-        gaps = "; ".join(f"{catalog.ident(role)} may not {what}" for role, what, _ in info.owner_gaps)
+        user = dbinfo.ident(info.current_user)
+        gaps = "; ".join(f"{dbinfo.ident(role)} may not {what}" for role, what, _ in info.owner_gaps)
         raise PrivilegeRefused(
             f"the restoring role {user} cannot give objects of the backup to their owners ({gaps}; a superuser "
             f"could, and pg_restore grants privileges on schemas only at its end): pass --no-owner to restore with "
@@ -313,20 +313,20 @@ def foreign_owners(verdict: Verdict, no_owner: bool, info: TargetInfo, warn: Cal
     """With skip_missing_roles, owner roles the restoring role cannot become are restored as with
     --no-owner (said in a warning); returns whether the load runs without ownership."""
     if verdict.foreign_owners and not no_owner:
-        warn(f"the restoring role {catalog.ident(info.current_user)} cannot act as "
+        warn(f"the restoring role {dbinfo.ident(info.current_user)} cannot act as "
              f"{role_names(verdict.foreign_owners)}; restoring without ownership (--no-owner)")
         return True
     return no_owner
 
 
-def production_identity(settings: Settings, warn: Callable[[str], None]) -> catalog.DatabaseIdentity | None:
+def production_identity(settings: Settings, warn: Callable[[str], None]) -> dbinfo.DatabaseIdentity | None:
     """$DATABASE_URL's database as its server identifies it (None when unset or unreachable: said in a
     warning; the target must still be empty)."""
     if not settings.database_url:
         return None
     prod = DatabaseUrl.parse(settings.database_url, what="DATABASE_URL")
     try:
-        return catalog.live_identity(prod, application="pgrunbook-restore", connect_timeout=5)
+        return dbinfo.live_identity(prod, application="pgrunbook-restore", connect_timeout=5)
     except (PgrunbookError, psycopg.Error) as exc:
         warn(f"could not reach $DATABASE_URL to make sure the target is not production "
              f"({mask_secrets(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)})")
@@ -335,7 +335,7 @@ def production_identity(settings: Settings, warn: Callable[[str], None]) -> cata
 
 def refuse_changed(url: DatabaseUrl) -> None:
     """Just before the mark: the target is still empty and unmarked (no other restore got there meanwhile)."""
-    with catalog.connect(url, autocommit=True, application="pgrunbook-restore") as conn:
+    with dbinfo.connect(url, autocommit=True, application="pgrunbook-restore") as conn:
         objects = target_objects(conn)
         refuse_marked(url, database_mark(conn))
     if objects:

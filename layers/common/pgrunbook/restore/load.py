@@ -22,7 +22,7 @@ from typing import IO, Any
 import psycopg
 from psycopg import sql
 
-from .. import catalog
+from .. import dbinfo
 from ..dburl import DatabaseUrl, mask_secrets
 from ..dumpfile import CHUNK
 from ..errors import ChecksumMismatch, PgrunbookError, RestoreFailed
@@ -133,10 +133,10 @@ def analyze(url: DatabaseUrl, jobs: int | None = None) -> float:
     """ANALYZE every user table (a restore has no statistics), largest first, over `jobs` connections
     (default: CPU count), as `vacuumdb --analyze-only --jobs` does; returns seconds."""
     t0 = time.monotonic()
-    with catalog.connect(url, autocommit=True, application="pgrunbook-analyze") as conn:
+    with dbinfo.connect(url, autocommit=True, application="pgrunbook-analyze") as conn:
         rows = conn.execute(f"""
             SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind IN ('r', 'm', 'p') AND {catalog.USER_SCHEMAS}
+            WHERE c.relkind IN ('r', 'm', 'p') AND {dbinfo.USER_SCHEMAS}
             ORDER BY pg_total_relation_size(c.oid) DESC""").fetchall()
     tables = [(str(a), str(b)) for a, b in rows]
     workers = max(1, min(jobs or os.cpu_count() or 1, len(tables)))
@@ -146,7 +146,7 @@ def analyze(url: DatabaseUrl, jobs: int | None = None) -> float:
 
     def work() -> None:
         try:
-            with catalog.connect(url, autocommit=True, application="pgrunbook-analyze") as conn:
+            with dbinfo.connect(url, autocommit=True, application="pgrunbook-analyze") as conn:
                 with lock:
                     conns.append(conn)
                 conn.execute("SET maintenance_work_mem = '256MB'")

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import catalog
+from .. import dbinfo
 from ..dburl import DatabaseUrl, mask_secrets
 from ..errors import PgrunbookError, TargetMarked
 
@@ -38,7 +38,7 @@ def refuse_marked(url: DatabaseUrl, mark: str | None) -> None:
     """Raise TargetMarked when `mark` (database_mark of the target) is a pgrunbook restore mark."""
     if mark is None:
         return
-    db = catalog.ident(url.dbname)
+    db = dbinfo.ident(url.dbname)
     what = ("an earlier restore into it did not finish" if mark.startswith(MARK_FAILED) else
             "an earlier restore into it was killed, or is still running")
     raise TargetMarked(f"the target {url.display()} is marked {mark[:300]!r}: {what}, so it may hold part of an "
@@ -49,7 +49,7 @@ def set_mark(url: DatabaseUrl, text: str | None, *, only_if_ours: bool = False) 
     """Set the target's comment to `text` (None: remove it; with `only_if_ours`, only a pgrunbook mark).
     A failure to mark is a warning: the restore's own outcome is what the caller reports."""
     try:
-        with catalog.connect(url, autocommit=True, application="pgrunbook-restore") as conn:
+        with dbinfo.connect(url, autocommit=True, application="pgrunbook-restore") as conn:
             conn.execute("SET default_transaction_read_only = off")
             if only_if_ours and database_mark(conn) is None:
                 return

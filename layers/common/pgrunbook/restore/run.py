@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import catalog
+from .. import dbinfo
 from ..archive import ArchiveRef
 from ..dburl import DatabaseUrl, mask_secrets
 from ..dumpfile import contents_problem, table_data_count, toc_extensions, toc_owners, toc_system_acls
@@ -29,7 +29,8 @@ from ..errors import (
     StoreError,
     UsageError,
 )
-from ..manifest import MANIFEST_SUFFIX, SHA256_SUFFIX, Manifest
+from ..keys import MANIFEST_SUFFIX, SHA256_SUFFIX
+from ..manifest import Manifest
 from ..pgtools import PgRestore, Tool, find_tool
 from ..settings import Settings
 from .fetch import Fetched, fetch, work_dir
@@ -257,7 +258,7 @@ def _load_marked(plan: _Plan, fetched: Fetched, opts: RestoreOptions) -> None:
         set_mark(target, f"{MARK_FAILED} ({datetime.now(UTC).isoformat(timespec='seconds')}, "
                          f"from {ref.uri}): {mask_secrets(reason)[:900]}")
         if isinstance(exc, Interrupted):
-            db = catalog.ident(target.dbname)
+            db = dbinfo.ident(target.dbname)
             exc.detail = (f"the restore into {target.display()} was stopped and the target is marked FAILED "
                           f"(interrupted); drop and recreate it (DROP DATABASE {db}; CREATE DATABASE {db}) "
                           "before restoring again")

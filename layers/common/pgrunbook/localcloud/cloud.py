@@ -1,4 +1,4 @@
-"""Run the real state machines on this machine.
+"""The local cloud: the real state machines run on this machine.
 
 `template.yaml` is read with cfn-lint's CloudFormation-aware YAML loader; each state machine's
 `DefinitionSubstitutions` is resolved (a small evaluator for Ref / GetAtt / If / Join / Sub
@@ -18,9 +18,7 @@ function then reads its Settings from it at every invocation, as on Lambda.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import re
 import threading
 import time
 import uuid
@@ -30,173 +28,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import LocalRunnerError, UsageError
-from .lambda_support import LocalContext, error_payload
-from .settings import Settings, set_environment
+from ..errors import LocalRunnerError, UsageError
+from ..lambda_support import LocalContext, error_payload
+from ..settings import Settings, set_environment
+from .template import (
+    ACCOUNT,
+    REGION,
+    Handler,
+    Intrinsics,
+    LazyHandler,
+    function_ids,
+    handler_path,
+    load_template,
+    project_root,
+    render_definition,
+    state_machine_specs,
+)
 
 MOTO_MINOR = "5.2"
-ACCOUNT = "123456789012"
-REGION = "us-east-1"
-SUBSTITUTION = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
-Handler = Callable[[Any, Any], Any]
-
-
-def project_root() -> Path:
-    """The repository root (template.yaml), found upward from this file or the working directory."""
-    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
-        for parent in [start, *start.parents]:
-            if (parent / "template.yaml").is_file() and (parent / "statemachines").is_dir():
-                return parent
-    raise LocalRunnerError("template.yaml not found (run from the repository)")
 
 
 def check_moto() -> None:
     import moto
 
     if not str(moto.__version__).startswith(MOTO_MINOR + "."):
-        raise LocalRunnerError(f"pgrunbook.local was written for moto {MOTO_MINOR}.x (its Lambda backend is patched); "
-                             f"found {moto.__version__}: re-check LambdaAdapter and pin the new minor")
-
-
-# --------------------------------------------------------------------------- template
-def load_template(path: Path | None = None) -> dict[str, Any]:
-    from cfnlint.decode import cfn_yaml
-
-    template = cfn_yaml.load(str(path or project_root() / "template.yaml"))
-    return dict(template)
-
-
-@dataclass(frozen=True)
-class StateMachineSpec:
-    logical_id: str
-    definition_uri: str
-    substitutions: dict[str, Any]
-
-
-def state_machine_specs(template: Mapping[str, Any]) -> dict[str, StateMachineSpec]:
-    found = {}
-    for logical_id, res in template.get("Resources", {}).items():
-        if res.get("Type") == "AWS::Serverless::StateMachine":
-            props = res.get("Properties", {})
-            found[logical_id] = StateMachineSpec(logical_id, str(props["DefinitionUri"]),
-                                                 dict(props.get("DefinitionSubstitutions") or {}))
-    return found
-
-
-def function_ids(template: Mapping[str, Any]) -> list[str]:
-    return [k for k, r in template.get("Resources", {}).items() if r.get("Type") == "AWS::Serverless::Function"]
-
-
-def handler_path(logical_id: str, root: Path | None = None) -> Path:
-    """Convention: <Name>Function -> functions/<name>/app.py (see functions/Makefile)."""
-    if not logical_id.endswith("Function"):
-        raise LocalRunnerError(f"{logical_id}: function logical ids end in 'Function'")
-    return (root or project_root()) / "functions" / logical_id[: -len("Function")].lower() / "app.py"
-
-
-def load_handler(path: Path) -> Handler:
-    """Import functions/<name>/app.py under a unique module name and return its lambda_handler."""
-    name = f"pgrunbook_fn_{path.parent.name}_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise LocalRunnerError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    handler: Handler = module.lambda_handler
-    return handler
-
-
-class LazyHandler:
-    """A handler imported on its first call (a run imports only the functions it invokes)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handler: Handler | None = None
-        self._lock = threading.Lock()
-
-    def __call__(self, event: Any, context: Any) -> Any:
-        with self._lock:
-            if self._handler is None:
-                self._handler = load_handler(self.path)
-        return self._handler(event, context)
-
-
-class Intrinsics:
-    """Evaluates the few CloudFormation intrinsics our substitutions and environment use
-    (Ref, GetAtt, If, Join, Split, Select, Sub)."""
-
-    def __init__(self, refs: Mapping[str, Any], attrs: Mapping[str, Any], conditions: Mapping[str, Any]) -> None:
-        self.refs, self.attrs, self.conditions = refs, attrs, conditions
-
-    def condition(self, name: str) -> bool:
-        """A condition: a fixed bool, or the template's expression (Fn::Equals/Not/And/Or/Condition)."""
-        if name not in self.conditions:
-            raise LocalRunnerError(f"local: no condition {name}")
-        value = self.conditions[name]
-        return value if isinstance(value, bool) else bool(self.eval(value))
-
-    def eval(self, value: Any) -> Any:
-        if isinstance(value, list):
-            return [self.eval(v) for v in value]
-        if not isinstance(value, Mapping):
-            return value
-        if len(value) != 1:
-            return {k: self.eval(v) for k, v in value.items()}
-        (key, arg), = value.items()
-        if key == "Ref":
-            if arg not in self.refs:
-                raise LocalRunnerError(f"local: no value for Ref {arg}")
-            return self.refs[arg]
-        if key == "Fn::GetAtt":
-            parts = arg if isinstance(arg, list) else str(arg).split(".", 1)
-            name = ".".join(parts)
-            if name not in self.attrs:
-                raise LocalRunnerError(f"local: no value for GetAtt {name}")
-            return self.attrs[name]
-        if key == "Fn::If":
-            cond, yes, no = arg
-            return self.eval(yes if self.condition(cond) else no)
-        if key == "Fn::Equals":
-            left, right = self.eval(arg)
-            return str(left) == str(right)
-        if key == "Fn::Not":
-            return not self.eval(arg[0])
-        if key == "Fn::And":
-            return all(self.eval(a) for a in arg)
-        if key == "Fn::Or":
-            return any(self.eval(a) for a in arg)
-        if key == "Condition":
-            return self.condition(str(arg))
-        if key == "Fn::Join":
-            sep, items = arg
-            items = self.eval(items)
-            return sep.join(str(i) for i in items)
-        if key == "Fn::Split":
-            sep, text = arg
-            return str(self.eval(text)).split(sep)
-        if key == "Fn::Select":
-            index, items = arg
-            return self.eval(items)[int(self.eval(index))]
-        if key == "Fn::Sub":
-            text, local = (arg, {}) if isinstance(arg, str) else (arg[0], self.eval(arg[1]))
-
-            def sub(m: re.Match[str]) -> str:
-                name = m.group(1)
-                if name in local:
-                    return str(local[name])
-                if name in self.attrs:
-                    return str(self.attrs[name])
-                return str(self.refs[name])
-            return re.sub(r"\$\{([A-Za-z0-9_:.]+)\}", sub, text)
-        return {k: self.eval(v) for k, v in value.items()}
-
-
-def render_definition(text: str, values: Mapping[str, Any]) -> str:
-    """Fill ${Name} like CloudFormation's DefinitionSubstitutions; a missing one is an error."""
-    missing = sorted({m for m in SUBSTITUTION.findall(text) if m not in values})
-    if missing:
-        raise LocalRunnerError(f"substitutions not defined: {', '.join(missing)}")
-    return SUBSTITUTION.sub(lambda m: str(values[m.group(1)]), text)
+        raise LocalRunnerError(f"pgrunbook.localcloud was written for moto {MOTO_MINOR}.x "
+                               f"(its Lambda backend is patched); found {moto.__version__}: "
+                               "re-check LambdaAdapter and pin the new minor")
 
 
 # --------------------------------------------------------------------------- Lambda adapter
@@ -306,7 +164,7 @@ class LocalCloud:
     def __enter__(self) -> LocalCloud:
         from moto import mock_aws
 
-        from . import aws
+        from .. import aws
 
         check_moto()
         self._set_env({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -327,7 +185,7 @@ class LocalCloud:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from . import aws
+        from .. import aws
 
         if self.adapter is not None:
             self.adapter.uninstall()
@@ -343,8 +201,8 @@ class LocalCloud:
             self._saved_env.setdefault(key, value)
 
     def _create_resources(self) -> None:
-        from . import aws
-        from .dburl import DatabaseUrl
+        from .. import aws
+        from ..dburl import DatabaseUrl
 
         self.key_arn = aws.client("kms").create_key(Description="pgrunbook local")["KeyMetadata"]["Arn"]
         aws.client("s3").create_bucket(Bucket=self.bucket)
@@ -383,7 +241,7 @@ class LocalCloud:
         attrs = {**fn_arn, "Key.Arn": self.key_arn, "BackupBucket.Arn": f"arn:aws:s3:::{self.bucket}",
                  "TaskCluster.Arn": "none",
                  **{f"{sid}.Name": f"{sid}-{self.suffix}" for sid in state_machine_specs(self.template)}}
-        from .approval.resources import create_local  # the approval table, token key and signing secret
+        from ..approval.resources import create_local  # the approval table, token key and signing secret
 
         approval_refs, approval_attrs = create_local(REGION)
         refs.update(approval_refs)
@@ -412,7 +270,7 @@ class LocalCloud:
         return {fid: LazyHandler(handler_path(fid, self.root)) for fid in function_ids(self.template)}
 
     def create_state_machine(self, logical_id: str) -> str:
-        from . import aws
+        from .. import aws
 
         specs = state_machine_specs(self.template)
         spec = specs[logical_id]
@@ -430,7 +288,7 @@ class LocalCloud:
 
     # -- running
     def start(self, logical_id: str, payload: Any) -> str:
-        from . import aws
+        from .. import aws
 
         name = f"local-{uuid.uuid4().hex[:12]}"  # moto needs a name: unnamed runs collide
         if logical_id not in self.state_machines:
@@ -441,7 +299,7 @@ class LocalCloud:
 
     def wait(self, execution_arn: str, timeout: float = 120.0,
              until: Callable[[Execution], bool] | None = None) -> Execution:
-        from . import aws
+        from .. import aws
 
         sfn = aws.client("stepfunctions")
         deadline = time.monotonic() + timeout
@@ -457,7 +315,7 @@ class LocalCloud:
             time.sleep(0.2)
 
     def _execution(self, desc: Mapping[str, Any]) -> Execution:
-        from . import aws
+        from .. import aws
 
         sfn = aws.client("stepfunctions")
         history: list[dict[str, Any]] = []
@@ -494,7 +352,7 @@ class LocalCloud:
                 for (_id, message, subject, attrs, _group) in topic.sent_notifications]
 
     def send_task_success(self, token: str, output: Any) -> None:
-        from . import aws
+        from .. import aws
 
         aws.client("stepfunctions").send_task_success(taskToken=token, output=json.dumps(output))
 
@@ -503,115 +361,3 @@ class LocalCloud:
 def local_cloud(databases: list[LocalDatabase], **kwargs: Any) -> Iterator[LocalCloud]:
     with LocalCloud(databases, **kwargs) as cloud:
         yield cloud
-
-
-# --------------------------------------------------------------------------- structural checks
-def task_states(definition: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, state) for every Task, including those inside Map/Parallel."""
-    for name, state in definition.get("States", {}).items():
-        if state.get("Type") == "Task":
-            yield name, state
-        for sub in [state.get("ItemProcessor"), state.get("Iterator"), *(state.get("Branches") or [])]:
-            if sub:
-                yield from task_states(sub)
-
-
-def structure_problems(definition: Mapping[str, Any], notify_resources: tuple[str, ...]) -> list[str]:
-    """Every Task has Retry and Catch (and a timeout); every way into a top-level Fail state
-    passes through a notifying state (a Task whose Resource or FunctionName is in notify_resources)."""
-    problems = []
-    for name, state in task_states(definition):
-        for key in ("Retry", "Catch"):
-            if not state.get(key):
-                problems.append(f"Task {name} has no {key}")
-        if "TimeoutSeconds" not in state and "TimeoutSecondsPath" not in state:
-            problems.append(f"Task {name} has no TimeoutSeconds")
-    states = definition.get("States", {})
-
-    def notifies(state: Mapping[str, Any]) -> bool:
-        if state.get("Type") != "Task":
-            return False
-        target = [state.get("Resource"), (state.get("Parameters") or {}).get("FunctionName")]
-        return any(t in notify_resources for t in target)
-
-    def successors(state: Mapping[str, Any]) -> list[str]:
-        nxt = [state.get("Next"), state.get("Default")]
-        nxt += [c.get("Next") for c in state.get("Choices", [])]
-        nxt += [c.get("Next") for c in state.get("Catch", [])]
-        return [n for n in nxt if n]
-
-    # states reachable from StartAt without passing through a notifying state
-    seen: set[str] = set()
-    todo = [definition["StartAt"]]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        state = states[name]
-        if notifies(state):
-            continue  # notified (if the notification itself fails, the execution-failed alarm remains)
-        if state.get("Type") == "Fail":
-            problems.append(f"Fail state {name} is reachable without a notification")
-        todo += successors(state)
-    return problems
-
-
-def placeholder_values(names: list[str]) -> dict[str, str]:
-    """Plausible values for substitutions, so validators that need real ARNs can run offline."""
-    values = {}
-    for name in names:
-        base = name[: -len("Arn")] if name.endswith("Arn") else name
-        if name.endswith("FunctionArn"):
-            values[name] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{base}"
-        elif "Topic" in name:
-            values[name] = f"arn:aws:sns:{REGION}:{ACCOUNT}:{base}"
-        elif name == "TaskClusterArn":
-            values[name] = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{base}"
-        elif name == "TaskDefinitionArn":
-            values[name] = f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/{base}:1"
-        elif name.endswith("StateMachineArn"):
-            values[name] = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{base}"
-        elif name.endswith("Csv"):
-            values[name] = "id-1,id-2"
-        elif name.endswith("Arn"):
-            values[name] = f"arn:aws:iam::{ACCOUNT}:role/{base}"
-        else:
-            values[name] = base
-    return values
-
-
-def asl_problems(root: Path | None = None, *, structure: bool = True) -> tuple[list[str], dict[str, str]]:
-    """Checks every state machine of template.yaml: its DefinitionUri file is valid JSON in JSONPath
-    (not JSONata), every ${...} in it is defined in DefinitionSubstitutions and every definition is
-    used; with `structure`, every Task has Retry, Catch and a timeout and every way to a Fail state
-    notifies. Returns (problems, {file: definition with placeholder values filled in})."""
-    root = root or project_root()
-    template = load_template(root / "template.yaml")
-    problems: list[str] = []
-    rendered: dict[str, str] = {}
-    for logical_id, spec in state_machine_specs(template).items():
-        path = root / spec.definition_uri
-        where = f"{logical_id} ({spec.definition_uri})"
-        if not path.is_file():
-            problems.append(f"{where}: file not found")
-            continue
-        text = path.read_text()
-        try:
-            definition = json.loads(text)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}: not valid JSON: {exc}")
-            continue
-        if "JSONata" in json.dumps(definition.get("QueryLanguage", "")) or '"QueryLanguage": "JSONata"' in text:
-            problems.append(f"{where}: JSONata is not supported locally; keep JSONPath")
-        used = set(SUBSTITUTION.findall(text))
-        defined = set(spec.substitutions)
-        problems += [f"{where}: ${{{n}}} is used but not in DefinitionSubstitutions" for n in sorted(used - defined)]
-        problems += [f"{where}: substitution {n} is defined but never used" for n in sorted(defined - used)]
-        values = placeholder_values(sorted(used | defined))
-        rendered[spec.definition_uri] = render_definition(text, values) if used <= defined else text
-        if structure:
-            notify = ("arn:aws:states:::sns:publish", values.get("ReportFunctionArn", "-"))
-            problems += [f"{where}: {p}" for p in structure_problems(json.loads(rendered[spec.definition_uri]),
-                                                                     notify)]
-    return problems, rendered

@@ -1,4 +1,4 @@
-"""Fargate task entry point (`python -m pgrunbook.task`): the same operations as the Lambda
+"""Fargate task entry point (`python -m pgrunbook.fargate_task`): the same operations as the Lambda
 functions, for databases too big for Lambda's 15 minutes. Its Settings are read once, in `main`
 (settings.TaskSettings holds the assignment; a missing one is named and exits 1). The state machine
 passes:
@@ -35,7 +35,7 @@ from .logs import setup_cli_logging
 from .pgtools import stop_signals
 from .settings import TASK_VARIABLES, Settings
 
-log = logging.getLogger("pgrunbook.task")
+log = logging.getLogger("pgrunbook.fargate_task")
 
 
 def run(operation: str, event: Any, settings: Settings) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The backups in a store, newest first (read from their manifests).
 
 An entry's database is the real name recorded in its manifest, never a folder name read back
-(folders hold the encoded name: store.encode_segment)."""
+(folders hold the encoded name: keys.encode_segment)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from .archive import iter_manifests
 from .settings import Settings
-from .store import encode_segment, open_store
+from .store import open_store
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,6 @@ def list_backups(dest: str | None = None, *, settings: Settings, database: str |
             sha256=manifest.sha256, format=manifest.archive_format))
     entries.sort(key=lambda e: e.finished_at, reverse=True)
     return entries
-
-
-def database_dest(dest: str, database: str) -> str:
-    """The folder / S3 prefix under dest that holds the backups of one database (its encoded name)."""
-    return f"{dest.rstrip('/')}/{encode_segment(database)}"
 
 
 def latest_backup(dest: str | None = None, *, settings: Settings, **filters: Any) -> BackupEntry | None:
