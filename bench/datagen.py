@@ -6,7 +6,7 @@ The database lives in a local PostgreSQL server whose data directory is under
 
     .venv/bin/python bench/datagen.py [--scale full|small] [--force]
 
-`full` is the benchmark database of DESIGN.md §7; `small` (pgbench scale 2, 100k events)
+`full` is the benchmark database of docs/architecture.md (Benchmark reference); `small` (pgbench scale 2, 100k events)
 is for a quick check of the benchmark itself.
 """
 
@@ -59,7 +59,7 @@ CREATE TABLE events (
 """
 
 # Mixed data, tuned so that the dump compresses like the reference measurements of
-# DESIGN.md §7 (zstd:1 about 0.8 of gzip -6): random parts (accounts, amounts,
+# docs/architecture.md (zstd:1 about 0.8 of gzip -6): random parts (accounts, amounts,
 # microsecond timestamps, hex session ids) next to repetitive ones (kinds, sources, json
 # keys, sequential text).
 EVENTS_FILL = """

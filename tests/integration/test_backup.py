@@ -109,7 +109,7 @@ def test_backup_to_s3_streams_a_multipart_upload_with_sse(sample_db: str, bucket
                    env=cli_env())
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    # Then archive, .sha256 and manifest sit side by side under the DESIGN.md key layout
+    # Then archive, .sha256 and manifest sit side by side under the key layout of docs/architecture.md (keys.py)
     assert out["archive"].startswith(f"s3://{bucket}/prod/")
     key = out["archive"].split("/", 3)[3]
     assert re.fullmatch(r"prod/app_\w+/manual/\d{4}/\d{2}/db-backup-\d{8}-\d{6}Z\.dump", key)
