@@ -4,7 +4,7 @@ history, the notifications, the application's secret versions and both databases
 fresh targets).
 
 No staging service here: moto mislabels a secret's versions after a stage move followed by a put
-(/work/shared/FACTS.md), which a second staging smoke on one stack would hit; the staging smoke runs in
+(docs/architecture.md, tool facts), which a second staging smoke on one stack would hit; the staging smoke runs in
 test_runbook_cutover.py, one per stack."""
 
 from __future__ import annotations
