@@ -154,7 +154,7 @@ def test_cutover_waits_for_approval(cloud: LocalCloud, pg_server: LocalServer) -
         target = ex.output["target"]["name"]
         if decision == "approved":
             # no application secret configured: the candidate is kept, the switch is the operator's
-            assert ex.states_entered()[-3:] == ["CutoverApproved", "CutoverConfigured", "CutoverReady"]
+            assert ex.states_entered()[-4:] == ["CutoverApproved", "KeepCandidate", "CutoverConfigured", "CutoverReady"]
             assert database_exists(pg_server, target)  # kept for the cutover
             with psycopg.connect(pg_server.url(), autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')

@@ -206,7 +206,7 @@ def test_a_delete_rds_refuses_for_good_is_an_error_not_a_wait(rds: RdsLifecycle)
     with pytest.raises(PgrunbookError) as info:
         provision_rds.delete_instance(ident)
     assert not isinstance(info.value, TargetDeleting)
-    assert "InvalidParameterCombination" in str(info.value) and "\n" not in str(info.value)
+    assert "has deletion protection: not deleted" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_the_provision_function_and_the_state_machine_retry_a_deletion_under_way(rds: RdsLifecycle) -> None:

@@ -120,3 +120,25 @@ def test_each_role_has_exactly_the_grants_of_the_table(roles: Roles, role: str) 
             granted.setdefault(action, set()).update(res if isinstance(res, list) else [res])
     granted = {a: r for a, r in granted.items() if a not in ALWAYS}
     assert granted == TABLE[role]
+
+
+def test_unapproved_cutover_candidates_are_deleted_only_by_the_teardown_and_the_sweeper(roles: Roles) -> None:
+    """A cutover candidate is made production-ready (renamed pgrunbook-kept-..., deletion protection) before
+    its approval: the teardown (provision function) and the sweeper may lift that protection and delete it
+    while it is this stack's and tagged pgrunbook:keep=candidate, never once approved, kept by hand, or
+    another stack's; the cutover function modifies it, never deletes it."""
+    kept = f"arn:aws:rds:{REGION}:{ACCOUNT}:db:pgrunbook-kept-app-0123456789ab"
+
+    def tags(stack: str = STACK, keep: str | None = "candidate") -> dict[str, str]:
+        return {"aws:ResourceTag/pgrunbook:stack": stack,
+                **({"aws:ResourceTag/pgrunbook:keep": keep} if keep is not None else {})}
+
+    teardown = {"ProvisionFunctionRole", "SweeperFunctionRole"}
+    assert who(roles, "rds:DeleteDBInstance", kept, tags()) == teardown
+    assert who(roles, "rds:ModifyDBInstance", kept, tags()) == teardown | {"CutoverFunctionRole"}
+    for ctx in (tags(keep="approved"), tags(keep="ops: keep for the audit"), tags(keep=None), tags(stack="staging")):
+        assert who(roles, "rds:DeleteDBInstance", kept, ctx) == set(), ctx
+        assert who(roles, "rds:ModifyDBInstance", kept, ctx) == {"CutoverFunctionRole"}, ctx
+    for action in ("rds:ModifyDBInstance", "rds:DeleteDBInstance"):  # another name: nobody by this route
+        assert who(roles, action, f"arn:aws:rds:{REGION}:{ACCOUNT}:db:prod-main", tags()) == set(), action
+    assert "ProvisionFunctionRole" in who(roles, "rds:DescribeDBInstances", kept)  # finds a renamed candidate

@@ -57,7 +57,8 @@ def read_secret(secret_arn: str) -> dict[str, Any]:
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        resp = aws.client("secretsmanager").get_secret_value(SecretId=secret_arn)
+        # AWSCURRENT named: a cutover's rollback moves the label back (moto's default version stays stale)
+        resp = aws.client("secretsmanager").get_secret_value(SecretId=secret_arn, VersionStage="AWSCURRENT")
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("ThrottlingException", "InternalServiceError"):

@@ -254,9 +254,9 @@ def _delete(ref: TargetRef, settings: Settings) -> None:
         DatabaseProvisioner(_server_url(ref.server, settings)).destroy(ProvisionedTarget(kind="database", name=ref.name,
                                                                                           url=""))
         return
-    from .provision.rds import delete_instance
+    from .provision.rds import delete_target
 
-    delete_instance(ref.name)
+    delete_target(ref.name, prefix=settings.rds.identifier_prefix, stack=settings.stack.name)
 
 
 def target_url(ref: TargetRef, settings: Settings) -> str:

@@ -12,6 +12,10 @@ Invariants:
   an approved cutover (the execution SUCCEEDED in mode cutover) and a target tagged
   `pgrunbook:keep` (RDS) or labelled `keep` (a database) are kept; an execution that no longer
   exists (history expired) leaves its target alone and reported, for a person to decide;
+- `keep: candidate` does not keep: a cutover candidate is made production-ready (kept name, tags,
+  deletion protection, the source's owner) BEFORE its approval, and only the approval turns the mark
+  into `approved`; a candidate whose execution ended without (rejected, timed out, failed, teardown
+  failed) is deleted like any leaked target (its deletion protection lifted, dropped as its owner);
 - deletion goes through the state machine's own delete (provision.rds.delete_instance, DROP
   DATABASE ... WITH (FORCE)), and every run reports what it deleted, kept and could not delete.
 """
@@ -26,7 +30,7 @@ from typing import Any
 from . import aws
 from .errors import AwsCallFailed, PgrunbookError, TargetDeleting
 from .lambda_support import secret_url
-from .provision.rds import TAG_EXECUTION, TAG_KEEP, TAG_STACK, delete_instance, instance_tags
+from .provision.rds import KEEP_CANDIDATE, TAG_EXECUTION, TAG_KEEP, TAG_STACK, delete_instance, instance_tags
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,7 +112,8 @@ def rds_targets(stack: str) -> list[Found]:
             if tags.get(TAG_STACK) != stack:
                 continue
             found.append(Found(kind="rds", name=str(inst["DBInstanceIdentifier"]), execution=tags.get(TAG_EXECUTION),
-                               status=str(inst.get("DBInstanceStatus")), keep=TAG_KEEP in tags))
+                               status=str(inst.get("DBInstanceStatus")),
+                               keep=tags.get(TAG_KEEP, KEEP_CANDIDATE) != KEEP_CANDIDATE))
     return found
 
 
@@ -138,7 +143,7 @@ def database_targets(stack: str, settings: Settings) -> list[Found]:
             if labels.get("stack") != stack:
                 continue
             found.append(Found(kind="database", name=str(datname), execution=labels.get("execution"),
-                               server=name, keep="keep" in labels))
+                               server=name, keep=labels.get("keep", KEEP_CANDIDATE) != KEEP_CANDIDATE))
     return found
 
 

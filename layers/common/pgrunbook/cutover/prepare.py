@@ -1,16 +1,21 @@
 """The candidate before the switch: tried by the application (staging smoke, runbook step 3.4) and made
-production-ready once approved.
+production-ready BEFORE the approval, so that what the approver approves is exactly what will serve
+production; the approval then only marks it approved.
 
 Staging smoke: the staging service's secret gets the candidate's URL (a new version), staging is
 rolled, /health, /ready, the sign-in check and a read endpoint run against the staging URL, and the
 staging secret is moved back to its previous version and staging rolled again, whatever happened.
 
-Production-ready (after approval: before it, the candidate must stay deletable by the teardown):
-- `database` target: kept (label `pgrunbook.keep`, comment), the source database's own settings
-  (ALTER DATABASE ... SET), grants (CONNECT, CREATE, TEMPORARY) and owner copied onto it; objects
-  inside got their owners and grants from the restore;
-- `rds` target: production parameter group, backup retention for PITR, deletion protection, a name and
-  tags that mark it kept (outside the teardown role's name prefix); polled until applied.
+Production-ready (after verify and the staging smoke, before the approval):
+- `database` target: labelled `keep: candidate` (in its comment, with the provisioner's labels), the source
+  database's own settings (ALTER DATABASE ... SET), grants (CONNECT, CREATE, TEMPORARY) and owner copied
+  onto it; objects inside got their owners and grants from the restore;
+- `rds` target: tagged `pgrunbook:keep=candidate`, renamed `pgrunbook-kept-...` (provision.rds.kept_identifier),
+  production parameter group, backup retention for PITR, deletion protection; polled until applied.
+The approval turns `candidate` into `approved` (mark_approved). A rejected, timed-out or failed candidate is
+still torn down: the teardown and the sweeper lift a candidate's deletion protection and drop a database
+as its owner (provision.rds.delete_instance, provision.database.drop_database); `approved` is never
+deleted by them.
 
 Invariants: the production application's secret is never touched here; staging always ends on its
 previous secret version; nothing here writes a table.
@@ -28,6 +33,8 @@ from psycopg import sql
 from .. import aws, dbinfo
 from ..dburl import DatabaseUrl, mask_secrets
 from ..errors import CutoverError, PgrunbookError, ProductionReadyFailed
+from ..provision.database import database_labels, set_labels
+from ..provision.rds import KEEP_APPROVED, KEEP_CANDIDATE
 from ..settings import Settings
 from ..verify import CheckResult, HttpCheck, http_check
 from . import dbstate, proof
@@ -37,8 +44,6 @@ from .secret import SecretSlot
 
 log = logging.getLogger(__name__)
 
-KEEP_LABEL = "pgrunbook.keep"
-KEPT_COMMENT = "pgrunbook: kept cutover candidate"
 _NOT_COPIED = ("default_transaction_read_only",)
 
 
@@ -114,18 +119,18 @@ def _role(name: str) -> sql.Composable:
 
 
 def database_production_ready(source: DatabaseUrl, candidate: DatabaseUrl, *, source_name: str,
-                              execution: str) -> list[CheckResult]:
-    """Mark the candidate kept, then give it the source database's settings, grants and owner (in that
-    order: once the owner changes we may no longer change the rest). Returns one check per property."""
+                              execution: str, keep: str = KEEP_CANDIDATE,
+                              labels: dict[str, str] | None = None) -> list[CheckResult]:
+    """Label the candidate kept (`keep`, merged into its labels: `labels` replace them first, for a copy
+    that has none yet), then give it the source database's settings, grants and owner (in that order: once
+    the owner changes we may no longer change the rest). Returns one check per property."""
     with dbinfo.connect(source, autocommit=True, application=dbstate.APPLICATION) as conn:
         owner, acl, settings = _database_facts(conn)
     with dbstate.manage(candidate) as conn:
         db = sql.Identifier(candidate.dbname)
         try:
-            conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(db, sql.Identifier(KEEP_LABEL),
-                                                                        sql.Literal("cutover")))
-            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(db, sql.Literal(
-                f"{KEPT_COMMENT} of {source_name} (execution {execution})")))
+            set_labels(conn, candidate.dbname, **(labels or {}), keep=keep,
+                       kept=f"cutover candidate of {source_name} (execution {execution})")
             current = dbstate.database_settings(conn)
             for name, value in settings.items():
                 if current.get(name) != value:
@@ -148,7 +153,9 @@ def database_production_ready(source: DatabaseUrl, candidate: DatabaseUrl, *, so
                                         f"{mask_secrets(' '.join(str(exc).split()))[:300]}") from None
     with dbinfo.connect(candidate, autocommit=True, application=dbstate.APPLICATION) as conn:
         got_owner, got_acl, got_settings = _database_facts(conn)
+        got_keep = database_labels(conn, candidate.dbname).get("keep")
     return [
+        CheckResult("database kept (label)", f"keep: {keep}", f"keep: {got_keep}", got_keep == keep),
         CheckResult("database owner as on the source", owner, got_owner, got_owner == owner),
         CheckResult("database grants as on the source", _acl_text(acl, owner), _acl_text(got_acl, got_owner),
                     _acl_text(acl, owner) == _acl_text(got_acl, got_owner)),
@@ -169,50 +176,89 @@ def _settings_text(settings: dict[str, str]) -> str:
 
 
 # --------------------------------------------------------------------------- production-ready: RDS target
-def kept_identifier(database: str, execution: str) -> str:
-    """The kept candidate's instance identifier: outside the teardown role's `pgrb-<stack>-` prefix."""
-    from ..provision.rds import target_identifier
-
-    return target_identifier(database, execution, prefix="pgrunbook-kept")
-
-
-def rds_production_ready(ref: Any, *, source_name: str, execution: str,
-                         settings: Settings) -> tuple[str, dict[str, Any]]:
+def rds_production_ready(ref: Any, *, settings: Settings) -> tuple[str, dict[str, Any], list[CheckResult]]:
     """One poll of making an RDS candidate production-ready: the RDS provisioner's production settings
-    (provision.rds: parameter group, backup retention) plus a kept name, deletion protection and kept
-    tags. ("modifying", ref) until it is available under its kept name with the production settings in
-    sync, then ("ready", ref with the new endpoint)."""
+    (provision.rds: parameter group, backup retention) plus a kept name, deletion protection and the tags
+    `pgrunbook:keep=candidate`, `pgrunbook:purpose=cutover-candidate`. ("modifying", ref, []) until it is
+    available under its kept name with the production settings in sync, then ("ready", ref with the new
+    name and endpoint, one check per property)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from ..errors import ProvisionFailed
-    from ..provision.rds import TAG_KEEP, TAG_PURPOSE, RdsProvisioner, describe
+    from ..provision.rds import TAG_KEEP, TAG_PURPOSE, RdsProvisioner, describe, instance_tags, kept_identifier
 
     rds = aws.client("rds")
     provisioner = RdsProvisioner.of(settings)
-    kept = kept_identifier(source_name, execution)
+    kept = kept_identifier(str(ref["name"]), settings.rds.identifier_prefix)
     try:
         inst = describe(kept)
-        if inst is None:  # first call: rename, production settings, protection, tags
+        if inst is None:  # first call: tags, then rename, production settings and protection in one request
             current = describe(ref["name"])
             if current is None:
                 raise ProductionReadyFailed(f"RDS instance {ref['name']} not found")
             args = provisioner.production_arguments(ref["name"], current.get("EngineVersion"))
-            # tags first: the sweeper and the teardown read them; the rename keeps them
+            # tags first: the sweeper and the teardown read them (keep=candidate: still deletable); the rename
+            # keeps them
             rds.add_tags_to_resource(ResourceName=str(current["DBInstanceArn"]), Tags=[
-                {"Key": TAG_KEEP, "Value": "cutover"}, {"Key": TAG_PURPOSE, "Value": "cutover-candidate"}])
+                {"Key": TAG_KEEP, "Value": KEEP_CANDIDATE}, {"Key": TAG_PURPOSE, "Value": "cutover-candidate"}])
             rds.modify_db_instance(**args, NewDBInstanceIdentifier=kept, DeletionProtection=True)
-            return "modifying", {**ref, "status": "modifying"}
-        status, _ = provisioner.finish_for_production(kept)
-        if status != "ready":
-            return "modifying", {**ref, "name": kept, "status": "modifying"}
+            return "modifying", {**ref, "status": "modifying"}, []
+        status, wanted = provisioner.finish_for_production(kept)
+        if status != "ready" or not inst.get("DeletionProtection"):
+            if not inst.get("DeletionProtection") and str(inst.get("DBInstanceStatus")) == "available":
+                rds.modify_db_instance(DBInstanceIdentifier=kept, DeletionProtection=True, ApplyImmediately=True)
+            return "modifying", {**ref, "name": kept, "status": "modifying"}, []
+        inst = describe(kept) or inst
     except (ClientError, BotoCoreError) as exc:
         raise ProductionReadyFailed(f"RDS refused to make {ref['name']} production-ready: {aws_reason(exc)}") \
             from None
     except ProvisionFailed as exc:
         raise ProductionReadyFailed(str(exc)) from None
+    groups = ", ".join(f"{g.get('DBParameterGroupName')} ({g.get('ParameterApplyStatus')})"
+                       for g in inst.get("DBParameterGroups") or [])
+    tags = instance_tags(inst)
+    rows = [
+        CheckResult("parameter group (production)", f"{wanted['parameter_group']} (in-sync)", groups,
+                    groups == f"{wanted['parameter_group']} (in-sync)"),
+        CheckResult("backup retention (PITR)", f"{wanted['backup_retention_days']} days",
+                    f"{inst.get('BackupRetentionPeriod')} days",
+                    inst.get("BackupRetentionPeriod") == wanted["backup_retention_days"]),
+        CheckResult("deletion protection", "on", "on" if inst.get("DeletionProtection") else "off",
+                    bool(inst.get("DeletionProtection"))),
+        CheckResult("instance name and tags (kept)", f"{kept}, {TAG_KEEP}={KEEP_CANDIDATE}",
+                    f"{inst.get('DBInstanceIdentifier')}, {TAG_KEEP}={tags.get(TAG_KEEP)}",
+                    inst.get("DBInstanceIdentifier") == kept and tags.get(TAG_KEEP) == KEEP_CANDIDATE,
+                    "approved -> " + KEEP_APPROVED + "; until then the teardown may still delete it"),
+    ]
     endpoint = inst.get("Endpoint") or {}  # (statistics: the restore ran ANALYZE; a reboot keeps them)
     return "ready", {**ref, "name": kept, "status": "available", "host": endpoint.get("Address") or ref.get("host"),
-                     "port": int(endpoint.get("Port") or ref.get("port") or 5432)}
+                     "port": int(endpoint.get("Port") or ref.get("port") or 5432)}, rows
+
+
+def mark_approved(ref: Any, candidate: DatabaseUrl) -> str:
+    """After the approval: the candidate's keep mark becomes `approved` (the teardown and the sweeper leave
+    it alone from now on). Returns what was done."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from ..provision.rds import TAG_KEEP, describe
+
+    if ref.get("kind") == "rds":
+        try:
+            inst = describe(str(ref["name"]))
+            if inst is None:
+                raise ProductionReadyFailed(f"RDS instance {ref['name']} not found")
+            aws.client("rds").add_tags_to_resource(ResourceName=str(inst["DBInstanceArn"]),
+                                                   Tags=[{"Key": TAG_KEEP, "Value": KEEP_APPROVED}])
+        except (ClientError, BotoCoreError) as exc:
+            raise ProductionReadyFailed(f"cannot mark {ref['name']} approved: {aws_reason(exc)}") from None
+        return f"RDS instance {ref['name']}: {TAG_KEEP}={KEEP_APPROVED}"
+    with dbstate.manage(candidate) as conn:
+        try:
+            set_labels(conn, candidate.dbname, keep=KEEP_APPROVED)
+        except psycopg.Error as exc:
+            raise ProductionReadyFailed(f"cannot mark {candidate.display()} approved: "
+                                        f"{mask_secrets(' '.join(str(exc).split()))[:300]}") from None
+    return f"database {candidate.dbname}: label keep={KEEP_APPROVED}"
 
 
 def ensure_app_login(admin: DatabaseUrl, app: DatabaseUrl) -> str | None:

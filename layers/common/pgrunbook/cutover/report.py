@@ -38,6 +38,7 @@ class RollbackOutcome:
     ready: CheckResult | None = None
     source: str = "not frozen"
     problems: list[str] = field(default_factory=list)
+    stack_secret: str | None = None  # the stack's secret of the database (cutover.stacksecret), when it was switched
 
     @property
     def ok(self) -> bool:
@@ -46,7 +47,7 @@ class RollbackOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "secret": self.secret, "restored_version_id": self.restored_version_id,
                 "roll": self.roll, "ready": None if self.ready is None else self.ready.to_dict(),
-                "source": self.source, "problems": self.problems, "ok": self.ok}
+                "source": self.source, "problems": self.problems, "ok": self.ok, "stack_secret": self.stack_secret}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RollbackOutcome:
@@ -54,7 +55,7 @@ class RollbackOutcome:
         return cls(reason=str(data.get("reason", "")), secret=str(data.get("secret", "")),
                    restored_version_id=data.get("restored_version_id"), roll=data.get("roll"),
                    ready=_check_from(ready) if isinstance(ready, dict) else None, source=str(data.get("source", "")),
-                   problems=list(data.get("problems") or []))
+                   problems=list(data.get("problems") or []), stack_secret=data.get("stack_secret"))
 
 
 @dataclass
@@ -72,6 +73,7 @@ class CutoverReport:
     window_data: dict[str, Any] | None = None
     freeze: dict[str, Any] | None = None  # FreezeState + frozen_seconds + lifted
     switch: dict[str, Any] | None = None
+    stack_secret: dict[str, Any] | None = None  # cutover.stacksecret.switch's result: switched, or why not
     roll: str | None = None
     checks: list[CheckResult] = field(default_factory=list)
     sessions: dict[str, Any] | None = None
@@ -101,6 +103,8 @@ class CutoverReport:
             lines.append(f"                version {self.switch.get('previous_version_id')} (was current: "
                          f"{self.switch.get('previous')}) -> {self.switch.get('new_version_id')} (written: "
                          f"{self.switch.get('new')})")
+        if self.stack_secret:
+            lines += _stack_secret_lines(self.stack_secret)
         if self.roll:
             lines.append(f"  roll          {self.roll}")
         for i, line in enumerate(self.window):
@@ -123,6 +127,8 @@ class CutoverReport:
             rb = self.rollback
             lines.append(f"  rollback      {'done' if rb.ok else 'INCOMPLETE: act now'}")
             lines.append(f"    secret      {rb.secret}")
+            if rb.stack_secret:
+                lines.append(f"    stack secret {rb.stack_secret}")
             if rb.roll:
                 lines.append(f"    roll        {rb.roll}")
             if rb.ready is not None:
@@ -140,7 +146,8 @@ class CutoverReport:
         return {"outcome": self.outcome, "ok": self.ok, "reason": self.reason, "old": self.old, "new": self.new,
                 "secret": self.secret, "started_at": self.started_at, "finished_at": self.finished_at,
                 "seconds": round(self.seconds, 2), "execution": self.execution, "window": self.window,
-                "window_data": self.window_data, "freeze": self.freeze, "switch": self.switch, "roll": self.roll,
+                "window_data": self.window_data, "freeze": self.freeze, "switch": self.switch,
+                "stack_secret": self.stack_secret, "roll": self.roll,
                 "checks": [c.to_dict() for c in self.checks], "sessions": self.sessions,
                 "old_database": self.old_database, "stragglers": self.stragglers,
                 "rollback": None if self.rollback is None else self.rollback.to_dict(), "warnings": self.warnings,
@@ -154,7 +161,8 @@ class CutoverReport:
                    started_at=str(data.get("started_at", "")), finished_at=data.get("finished_at"),
                    seconds=float(data.get("seconds") or 0.0), execution=data.get("execution"),
                    window=list(data.get("window") or []), window_data=data.get("window_data"),
-                   freeze=data.get("freeze"), switch=data.get("switch"), roll=data.get("roll"),
+                   freeze=data.get("freeze"), switch=data.get("switch"), stack_secret=data.get("stack_secret"),
+                   roll=data.get("roll"),
                    checks=[_check_from(c) for c in data.get("checks") or []], sessions=data.get("sessions"),
                    old_database=list(data.get("old_database") or []), stragglers=dict(data.get("stragglers") or {}),
                    rollback=RollbackOutcome.from_dict(rb) if isinstance(rb, dict) else None,
@@ -167,6 +175,16 @@ class CutoverReport:
         self.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.seconds = round(time.monotonic() - t0, 2)
         return self
+
+
+def _stack_secret_lines(stack: dict[str, Any]) -> list[str]:
+    """The stack's own secret of the database: which versions, or why it was not switched."""
+    if not stack.get("switched"):
+        return [f"  stack secret  NOT switched: {stack.get('why')}"]
+    return [f"  stack secret  {stack.get('secret_id')} (database {stack.get('database')}: scheduled backups, "
+            "Migrate)",
+            f"                version {stack.get('previous_version_id')} (was current: {stack.get('previous')}) -> "
+            f"{stack.get('new_version_id')} (written: {stack.get('new')})"]
 
 
 def _short(table: str) -> str:

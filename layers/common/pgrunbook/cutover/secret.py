@@ -1,4 +1,6 @@
-"""The application's DATABASE_URL in Secrets Manager: read, switch, switch back.
+"""The application's DATABASE_URL in Secrets Manager: read, switch, switch back; and the same for the
+stack's own secret of the database (StackSecretSlot: the RDS-style secret of its PGRUNBOOK_DATABASES
+entry, which the Backup and Migrate functions read).
 
 The secret holds the URL as a plain string, or as one key of a JSON object (`key`); a switch writes
 a NEW VERSION (PutSecretValue, staged AWSCURRENT), so the previous one becomes AWSPREVIOUS and stays;
@@ -188,6 +190,44 @@ class SecretSlot:
     def previous(self) -> SecretVersion:
         """The AWSPREVIOUS version (what `pgrunbook rollback` makes current again)."""
         return self.read(stage="AWSPREVIOUS")
+
+
+class StackSecretSlot(SecretSlot):
+    """The stack's secret of one configured database: an RDS-style JSON object (DatabaseUrl.to_secret's
+    shape). Its "URL" is the target the stack reaches with it: the secret read as the functions read it
+    (the entry's host/port/dbname win over the secret's, `entry`: settings.DatabaseConfig); a switch writes
+    the new target's username, password, host, port and dbname and keeps every other key."""
+
+    _TARGET_KEYS = ("username", "user", "password", "host", "port", "dbname")
+
+    def __init__(self, secret_id: str, entry: Any) -> None:
+        super().__init__(secret_id, None)
+        self.entry = entry
+
+    def label(self) -> str:
+        return f"{self.secret_id} (database {self.entry.name})"
+
+    def _object(self, raw: str) -> dict[str, Any]:
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise SecretUnreadable(f"secret {self.secret_id} is not a JSON object with username/password")
+        return data
+
+    def _extract(self, raw: str) -> str:
+        e = self.entry
+        try:
+            return DatabaseUrl.from_secret(self._object(raw), host=e.host, port=e.port, dbname=e.database,
+                                           sslmode=e.sslmode).secret_url()
+        except UsageError as exc:
+            raise SecretUnreadable(f"secret {self.secret_id}: {exc}") from None
+
+    def _replace(self, raw: str, url: str) -> str:
+        data = {k: v for k, v in self._object(raw).items() if k not in self._TARGET_KEYS}
+        data.update(DatabaseUrl.parse(url).to_secret())
+        return json.dumps(data)
 
 
 def rebase_url(app_url: str, *, host: str | None, port: int | None, dbname: str) -> str:

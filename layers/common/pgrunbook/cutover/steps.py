@@ -5,23 +5,32 @@ execution's whole state (`$`) and returning what its state stores. The same func
 Before approval
   prepare          data window, freeze estimate, the application's login on the candidate, staging
                    smoke; returns the verification report with those checks added (the approver sees it)
-After approval (only when the application's secret is configured; otherwise CutoverReady as before)
-  keep             mark the candidate kept (RDS: production parameter group, backup retention, deletion
-                   protection, kept name and tags; polled: status "modifying" until "ready")
+  production-ready after the staging smoke: the candidate as it will serve production (cutover.prepare):
+                   `database` target: labelled keep: candidate, the source database's settings, grants and
+                   owner; `rds` target: kept name and tags (keep=candidate), production parameter group,
+                   backup retention for PITR, deletion protection (polled: "modifying" until "ready"), the
+                   application's role may log in; and whether the stack's own secret of the database can
+                   follow the cutover (cutover.stacksecret). Returns the verification report with these
+                   rows added: the approver approves exactly this. A rejected, timed-out or failed candidate
+                   is still torn down (the teardown lifts a candidate's protection, drops it as its owner).
+After approval
+  keep             mark the candidate approved (keep: approved): from now on no teardown or sweeper deletes
+                   it; then CutoverReady when no application secret is configured
   freeze-refresh   (input "freeze": true) source read-only, final backup (kind cutover), restored into a
                    fresh database on the candidate's server, verified against the frozen source (counts
-                   equal), swapped in for the approved candidate; any failure lifts the freeze
-  production-ready the source database's settings, grants and owner on the candidate (database target);
-                   the application's role may log in (RDS)
-  switch           the candidate's URL as a new AWSCURRENT version of the application's secret; roll
+                   equal), swapped in for the approved candidate and made production-ready like it; any
+                   failure lifts the freeze
+  switch           the stack's secret of the database switched to the candidate (when it can follow), then
+                   the candidate's URL as a new AWSCURRENT version of the application's secret; roll
   prove            /ready, alarms soak, attachment, sessions (returns ok: false instead of raising)
   finish           old database read-only with a retire-after date, stragglers counted; the cutover report
-  rollback         the old database writable again, previous secret version current, roll, /ready; the
-                   rollback report (with the reason)
+  rollback         the old database writable again, previous secret version current, roll, /ready, the
+                   stack's secret moved back too; the rollback report (with the reason)
   abort            a failure before the switch: lift the freeze if this execution froze the source; report
 
 Invariants: as in pgrunbook.cutover; in particular the secret version this execution writes has the
-id version_token(execution, "cutover"), so `rollback` recognises it even when `switch` failed half-way.
+id version_token(execution, "cutover") (the stack's secret: version_token(execution, "cutover",
+"stack-secret")), so `rollback` recognises it even when `switch` failed half-way.
 """
 
 from __future__ import annotations
@@ -37,14 +46,16 @@ from ..dburl import DatabaseUrl
 from ..errors import CountsDiffer, CutoverError, CutoverRefused, PgrunbookError, ProductionReadyFailed, UsageError
 from ..events import EventError, TargetRef
 from ..lambda_support import database_url, describe_failure
+from ..provision.database import database_labels, drop_database
+from ..provision.rds import KEEP_APPROVED
 from ..settings import Settings
 from ..verify import CheckResult, VerifyReport
-from . import dbstate, prepare
+from . import dbstate, prepare, stacksecret
 from .config import CutoverConfig
-from .report import CUT_OVER, REFUSED, ROLLBACK_FAILED, ROLLED_BACK, CutoverReport, check_table
+from .report import CUT_OVER, REFUSED, ROLLBACK_FAILED, ROLLED_BACK, CutoverReport
 from .roll import EcsRoller, WebhookRoller, make_roller
 from .run import ProofOptions, finish_old, prove, roll_back
-from .secret import SecretSlot, rebase_url, version_token
+from .secret import SecretSlot, StackSecretSlot, rebase_url, version_token
 from .window import window_against_candidate, window_against_manifest
 
 log = logging.getLogger(__name__)
@@ -67,7 +78,23 @@ class Context:
 
     @property
     def source_url(self) -> str:
-        return database_url(self.settings.database(self.database))
+        """The source (old) database: what the stack's secret of the database names, or, once this execution
+        switched that secret to the candidate (its current version is ours), what it named before."""
+        cfg = self.settings.database(self.database)
+        if not self.cfg.app_secret_id:  # no automatic cutover: the stack's secret is never switched
+            return database_url(cfg)
+        slot = StackSecretSlot(cfg.secret_arn, cfg)
+        current = slot.read()
+        if current.version_id != self.stack_token:
+            return current.url
+        previous = ((self.state.get("switch") or {}).get("stack_secret") or {}).get("previous_version_id")
+        if not previous:
+            previous = next((v for v, stages in slot.stages().items() if v != self.stack_token
+                             and "AWSPREVIOUS" in stages), None)
+        if not previous:
+            raise CutoverError(f"secret {slot.label()} was switched by this cutover and its previous version is "
+                               "unknown: the old database cannot be named")
+        return slot.read(version_id=previous).url
 
     @property
     def source(self) -> DatabaseUrl:
@@ -108,6 +135,23 @@ class Context:
     def token(self) -> str:
         return version_token(self.execution, "cutover")
 
+    @property
+    def stack_token(self) -> str:
+        return version_token(self.execution, "cutover", "stack-secret")
+
+    def with_target(self, target: Mapping[str, Any]) -> Context:
+        return Context({**self.state, "target": dict(target)}, self.execution, self.cfg, self.settings)
+
+    def stack_plan(self) -> stacksecret.StackSecretPlan:
+        """Whether the stack's own secret of the database follows the cutover (cutover.stacksecret)."""
+        if not self.cfg.configured:
+            return stacksecret.StackSecretPlan(
+                self.database, self.settings.database(self.database).secret_arn, False,
+                "no automatic cutover is configured: when you switch the application (pgrunbook cutover), "
+                "point the stack's secret (or DatabasesJson) at the new database too")
+        return stacksecret.plan(self.settings, self.database, self.candidate, target_kind=self.ref.kind,
+                                app_secret_id=self.cfg.app_secret_id)
+
     def report(self) -> CutoverReport:
         prepared = (self.state.get("prepared") or {}).get("cutover") or {}
         rep = CutoverReport(old=self.source.display(), new=str((self.state.get("switch") or {}).get("new")
@@ -118,6 +162,8 @@ class Context:
         if refresh.get("freeze"):
             rep.freeze = dict(refresh["freeze"])
         switch = self.state.get("switch") or {}
+        if switch.get("stack_secret"):
+            rep.stack_secret = dict(switch["stack_secret"])
         if switch.get("switch"):
             rep.switch = dict(switch["switch"])
             rep.roll = switch.get("roll")
@@ -204,16 +250,22 @@ def do_prepare(ctx: Context) -> dict[str, Any]:
     if not cfg.configured:
         lines.append("no application secret/roll/ready URL configured: after approval the candidate is kept and "
                      "the switch is yours (pgrunbook cutover)")
+    info["lines"] = lines
+    return {"verify": _verification(ctx, verify, facts + checks, lines), "cutover": info}
+
+
+def _verification(ctx: Context, verify: Mapping[str, Any], checks: list[CheckResult],
+                  lines: list[str]) -> dict[str, Any]:
+    """The verification report the approver sees (the approval page and notification show its rows and
+    text): `checks`, then the cutover's lines."""
     report = VerifyReport(target=str(verify.get("target") or ctx.candidate.display()),
-                          manifest=verify.get("manifest"), checks=facts + checks,
-                          seconds=float(verify.get("seconds") or 0.0))
+                          manifest=verify.get("manifest"), checks=checks, seconds=float(verify.get("seconds") or 0.0))
     out = report.to_dict()
     passed = len(report.checks) - len(report.failures)
     summary = f"{passed}/{len(report.checks)} checks passed" + (
         f"; failed: {'; '.join(out['failures'])}" if out["failures"] else "")
-    info["lines"] = lines
     text = report.text() + "\n\nCutover\n" + "\n".join(f"  {line}" for line in lines)
-    return {"verify": {**out, "text": text, "summary": summary}, "cutover": info}
+    return {**out, "text": text, "summary": summary}
 
 
 def _window_actual(window: Any) -> str:
@@ -238,19 +290,8 @@ def _manifest(ctx: Context) -> Any:
 
 # --------------------------------------------------------------------------- after approval
 def do_keep(ctx: Context) -> dict[str, Any]:
-    polls = int((ctx.state.get("kept") or {}).get("polls") or 0) + 1
-    if ctx.ref.kind == "rds":
-        status, ref = prepare.rds_production_ready(ctx.ref.to_dict(), source_name=ctx.database,
-                                                   execution=ctx.execution,
-                                                   settings=ctx.settings)
-        return {"status": status, "target": ref, "polls": polls}
-    with dbstate.manage(ctx.candidate) as conn:
-        from psycopg import sql
-
-        db = sql.Identifier(ctx.ref.dbname)
-        conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(db, sql.Identifier(prepare.KEEP_LABEL),
-                                                                    sql.Literal("cutover")))
-    return {"status": "ready", "target": ctx.ref.to_dict(), "polls": polls}
+    """Approved: the production-ready candidate's keep mark becomes `approved` (never torn down from now on)."""
+    return {"status": "approved", "done": prepare.mark_approved(ctx.ref.to_dict(), ctx.candidate)}
 
 
 def do_freeze_refresh(ctx: Context) -> dict[str, Any]:
@@ -289,11 +330,16 @@ def do_freeze_refresh(ctx: Context) -> dict[str, Any]:
             raise CountsDiffer("the final copy's row counts differ from the frozen source's: " + ", ".join(
                 f"{t} {d:+,}" for t, d in frozen.differences.items()))
         with server_session(candidate) as conn:  # swap: the fresh copy takes the approved candidate's name
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(candidate.dbname)))
+            labels = {k: v for k, v in database_labels(conn, candidate.dbname).items() if k not in ("keep", "kept")}
+            drop_database(conn, candidate.dbname)  # (made production-ready: its owner is the source's)
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                          (final.dbname,))
             conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(final.dbname),
                                                                          sql.Identifier(candidate.dbname)))
+        if ctx.ref.kind == "database":  # the copy takes the approved candidate's place: production-ready like it
+            rows = prepare.database_production_ready(source, candidate, source_name=ctx.database,
+                                                     execution=ctx.execution, keep=KEEP_APPROVED, labels=labels)
+            _require_ready(rows, "the final copy")
     except BaseException as exc:
         lifted = _lift(source, freeze)
         if created:
@@ -342,20 +388,46 @@ def _drop_quietly(server: DatabaseUrl, name: str) -> None:
         log.warning("could not drop the unfinished final copy", extra={"database": name, "reason": str(exc)})
 
 
+def _require_ready(rows: list[CheckResult], what: str) -> None:
+    bad = [c for c in rows if not c.ok]
+    if bad:
+        raise ProductionReadyFailed(f"{what} is not production-ready: " + "; ".join(
+            f"{c.name}: expected {c.expected}, actual {c.actual}" for c in bad))
+
+
 def do_production_ready(ctx: Context) -> dict[str, Any]:
-    checks: list[CheckResult] = []
-    if ctx.ref.kind == "database":
-        checks = prepare.database_production_ready(ctx.source, ctx.candidate, source_name=ctx.database,
-                                                   execution=ctx.execution)
-        bad = [c for c in checks if not c.ok]
-        if bad:
-            raise ProductionReadyFailed("the candidate is not like the source: " + "; ".join(
-                f"{c.name}: expected {c.expected}, actual {c.actual}" for c in bad))
-    elif ctx.cfg.app_secret_id:
-        done = prepare.ensure_app_login(ctx.candidate, DatabaseUrl.parse(ctx.on_candidate(ctx.slot().read().url)))
-        if done:
-            checks.append(CheckResult("application login", "LOGIN", "granted", True, done))
-    return {"checks": [c.to_dict() for c in checks], "text": "\n".join(check_table(checks))}
+    """Before approval, after verify and the staging smoke: one poll of making the candidate production-ready
+    ({"status": "modifying", "target", "polls"} while RDS applies it), then {"status": "ready", "target",
+    "polls", "verify": the verification report with the production-ready rows added}."""
+    polls = int((ctx.state.get("production_ready") or {}).get("polls") or 0) + 1
+    rows: list[CheckResult] = []
+    lines: list[str] = []
+    if ctx.ref.kind == "rds":
+        status, target, rows = prepare.rds_production_ready(ctx.ref.to_dict(), settings=ctx.settings)
+        if status != "ready":
+            return {"status": status, "target": target, "polls": polls}
+        ctx = ctx.with_target(target)
+        lines.append(f"production-ready: RDS instance {target['name']} (kept name, production parameter group, "
+                     "backups for PITR, deletion protection); approving marks it pgrunbook:keep=approved")
+        if ctx.cfg.app_secret_id:
+            done = prepare.ensure_app_login(ctx.candidate, DatabaseUrl.parse(ctx.on_candidate(ctx.slot().read().url)))
+            if done:
+                rows.append(CheckResult("application login", "LOGIN", "granted", True, done))
+    else:
+        rows = prepare.database_production_ready(ctx.source, ctx.candidate, source_name=ctx.database,
+                                                 execution=ctx.execution)
+        lines.append(f"production-ready: database {ctx.ref.dbname} owned, granted and set like {ctx.database} "
+                     "(labelled keep: candidate; approving marks it keep: approved)")
+    _require_ready(rows, "the candidate")
+    plan = ctx.stack_plan()
+    rows.append(plan.row())
+    lines.append(f"stack's secret of {ctx.database}: " + (f"switched with the application's ({plan.why})"
+                                                          if plan.follows else f"NOT switched: {plan.why}"))
+    prepared = ((ctx.state.get("prepared") or {}).get("cutover") or {}).get("lines") or []
+    verify = dict(ctx.state.get("verify") or {})
+    checks = [_check(c) for c in verify.get("checks") or []]
+    return {"status": "ready", "target": ctx.ref.to_dict(), "polls": polls,
+            "verify": _verification(ctx, verify, checks + rows, [*prepared, *lines])}
 
 
 def do_switch(ctx: Context) -> dict[str, Any]:
@@ -374,10 +446,12 @@ def do_switch(ctx: Context) -> dict[str, Any]:
     window = window_against_candidate(old, ctx.candidate)
     counts_at_switch = dict(window.source)
     switched_at = datetime.now(UTC)
+    # the stack's own secret first (backups and Migrate follow); a failure here rolls back with the rest
+    stack = stacksecret.switch(ctx.stack_plan(), ctx.settings.database(ctx.database), ctx.stack_token)
     switch = slot.switch(new_url, ctx.token)
     roll = roller.roll(reason="cutover", secret_id=slot.secret_id, version_id=switch.new_version_id)
-    return {"switch": switch.to_dict(), "roll": roll.line(), "new": new.display(), "old": old.display(),
-            "switched_at": switched_at.isoformat(), "counts_at_switch": counts_at_switch,
+    return {"switch": switch.to_dict(), "stack_secret": stack, "roll": roll.line(), "new": new.display(),
+            "old": old.display(), "switched_at": switched_at.isoformat(), "counts_at_switch": counts_at_switch,
             "window": window.lines(), "window_data": window.to_dict()}
 
 
@@ -397,6 +471,9 @@ def do_finish(ctx: Context) -> dict[str, Any]:
         rep.warnings.append(f"the application's sessions did not all move within {ctx.cfg.sessions_grace:g} s "
                             f"({sessions.get('new')} on the new, {sessions.get('old')} on the old): the old "
                             "database is set read-only now, so their writes fail loudly")
+    if rep.stack_secret and not rep.stack_secret.get("switched"):
+        rep.warnings.append(f"scheduled backups and Migrate of {ctx.database} still read the OLD database "
+                            f"(read-only from now on): {rep.stack_secret.get('why')}")
     if rep.freeze:
         ready_at = proof.get("ready_at")
         until = datetime.fromisoformat(ready_at) if ready_at else None
@@ -424,6 +501,10 @@ def do_rollback(ctx: Context) -> dict[str, Any]:
     previous = switch.get("previous_version_id") or previous
     rep.rollback = roll_back(slot, roller, reason=reason, written_version=ctx.token, previous_version=previous,
                              ready=ctx.proof_options(), old=ctx.source, freeze=_freeze_of(ctx))
+    stack_switch = (ctx.state.get("switch") or {}).get("stack_secret") or {}
+    rep.rollback.stack_secret, problems = stacksecret.roll_back(
+        ctx.settings.database(ctx.database), ctx.stack_token, stack_switch.get("previous_version_id"))
+    rep.rollback.problems += problems
     if rep.freeze:
         rep.freeze["lifted"] = rep.rollback.source.startswith("freeze lifted")
     switched = rep.rollback.restored_version_id is not None or not rep.rollback.ok
@@ -460,7 +541,12 @@ def do_abort(ctx: Context) -> dict[str, Any]:
         except PgrunbookError as exc:
             rep.warnings.append(f"the freeze could NOT be lifted: {exc}: lift it by hand (ALTER DATABASE ... "
                                 "RESET default_transaction_read_only)")
-    rep.warnings.append(f"nothing was switched; the approved candidate is kept: {rep.new}")
+    if (ctx.state.get("kept") or {}).get("status") == "approved":
+        rep.warnings.append(f"nothing was switched; the approved candidate is kept: {rep.new}")
+    else:
+        rep.warnings.append(f"nothing was switched; the candidate {rep.new} could NOT be marked approved (still "
+                            "keep: candidate): the sweeper deletes it once this execution has ended unless you mark "
+                            "it (RDS tag pgrunbook:keep=approved, or the database label keep)")
     rep.finish(REFUSED, t0)
     return rep.to_dict()
 

@@ -1,4 +1,10 @@
-"""`database` adapter: a new, uniquely named database on an existing server (cheap drills)."""
+"""`database` adapter: a new, uniquely named database on an existing server (cheap drills).
+
+Dropping a target (`destroy`, the state machine's teardown, the sweeper) drops it whatever its owner: a
+cutover candidate made production-ready before its approval belongs to the source database's owner, a role
+the target role may only SET ROLE to (the production-ready step needed that to give it away); the drop then
+runs as that owner. A target labelled `keep` (an approved candidate, or one a person kept) is never dropped
+here, unless the label is `keep: candidate` (production-ready, not approved)."""
 
 from __future__ import annotations
 
@@ -11,8 +17,9 @@ from psycopg import sql
 
 from .. import dbinfo
 from ..dburl import DatabaseUrl
-from ..errors import TargetNotOwned
+from ..errors import ProvisionFailed, TargetNotOwned
 from .base import ProvisionedTarget, unique_name
+from .rds import KEEP_CANDIDATE
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +70,59 @@ class DatabaseProvisioner:
     def destroy(self, target: ProvisionedTarget) -> None:
         t0 = time.monotonic()
         with dbinfo.connect(self.server, autocommit=True, application="pgrunbook-provision") as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.name)))
+            keep = database_labels(conn, target.name).get("keep")
+            if keep is not None and keep != KEEP_CANDIDATE:
+                raise ProvisionFailed(f"database {target.name} is kept (label keep={keep}): not dropped")
+            drop_database(conn, target.name)
         log.info("database dropped", extra={"database": target.name, "seconds": round(time.monotonic() - t0, 2)})
+
+
+def drop_database(conn: Any, name: str) -> None:
+    """DROP DATABASE IF EXISTS ... WITH (FORCE), whatever the database's owner: when the session's role may
+    not drop it (it gave the database to another role, which it may SET ROLE to), as that owner."""
+    import psycopg
+
+    drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    try:
+        conn.execute(drop)
+        return
+    except psycopg.errors.InsufficientPrivilege:
+        row = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if row is None:
+            return
+        owner = str(row[0])
+    try:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+    except psycopg.errors.InsufficientPrivilege:
+        raise ProvisionFailed(f"cannot drop database {name}: it belongs to {owner}, which this role may not "
+                              f"become (GRANT {owner} TO <the target role>)") from None
+    try:
+        conn.execute(drop)
+    finally:
+        conn.execute("RESET ROLE")
+    log.info("database dropped as its owner", extra={"database": name, "owner": owner})
+
+
+def set_labels(conn: Any, name: str, **changes: str | None) -> dict[str, str]:
+    """Merge `changes` into database `name`'s labels (its comment; None removes a label); returns them. Runs
+    as the database's owner when the session's role is not (COMMENT ON DATABASE needs the owner)."""
+    import psycopg
+
+    labels = {k: v for k, v in {**database_labels(conn, name), **changes}.items() if v is not None}
+    comment = sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+        sql.Identifier(name), sql.Literal(LABELS_COMMENT + json.dumps(labels, sort_keys=True)))
+    try:
+        conn.execute(comment)
+    except psycopg.errors.InsufficientPrivilege:
+        row = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if row is None:
+            raise
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(str(row[0]))))
+        try:
+            conn.execute(comment)
+        finally:
+            conn.execute("RESET ROLE")
+    return labels
 
 
 LABELS_COMMENT = "pgrunbook restore target "
@@ -81,9 +139,10 @@ def parse_labels(comment: str | None, setconfig: Any = None) -> dict[str, str]:
         key, sep, value = str(item).partition("=")
         if sep and key.startswith("pgrunbook."):
             labels[key.removeprefix("pgrunbook.")] = value
-    if comment and comment.startswith(LABELS_COMMENT):
+    at = comment.find(LABELS_COMMENT) if comment else -1  # (after a restore's mark too: restore.marks keeps it)
+    if comment and at >= 0 and (at == 0 or comment[:at].endswith(": ")):
         try:
-            found = json.loads(comment[len(LABELS_COMMENT):])
+            found = json.loads(comment[at + len(LABELS_COMMENT):])
         except ValueError:
             found = None
         if isinstance(found, dict):

@@ -19,7 +19,13 @@ Its steps each return at once (one AWS call or a few, no waiting):
                              reboot when a static parameter waits for one. Stateless: every call looks at the
                              instance and does what is still missing.
   delete_instance(ident)     returns only once the instance is gone; raises TargetDeleting while RDS deletes it
-                             (or cannot yet), so a caller retries; never reports done early.
+                             (or cannot yet), so a caller retries; never reports done early. A cutover candidate
+                             made production-ready before its approval (tag pgrunbook:keep=candidate) has
+                             deletion protection: it is lifted first (ModifyDBInstance DeletionProtection=false),
+                             then the instance deleted. Any other protected instance (approved, kept by hand) is
+                             refused (ProvisionFailed), never unprotected.
+  delete_target(ident, ...)  the teardown's delete: the instance under its name and, when a rename to its kept
+                             name (kept_identifier) happened after the name was recorded, under that name.
 
 The state machine calls one step per state and polls (operations.provision); the CLI (`create`,
 `prepare_for_verify`, `reset_to_production`, `destroy`: the Provisioner port) calls the same steps in a
@@ -50,8 +56,9 @@ from .base import ProvisionedTarget, analyze_database, create_roles
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RDS_FAILED", "RDS_PENDING", "RDS_RESTORE_PARAMETERS", "RdsInstance", "RdsProvisioner", "RdsSettings",
-           "delete_instance", "describe", "instance_tags", "rds_target_state", "target_identifier"]
+__all__ = ["KEEP_APPROVED", "KEEP_CANDIDATE", "KEPT_PREFIX", "RDS_FAILED", "RDS_PENDING", "RDS_RESTORE_PARAMETERS",
+           "RdsInstance", "RdsProvisioner", "RdsSettings", "delete_instance", "delete_target", "describe",
+           "instance_tags", "kept_identifier", "rds_target_state", "target_identifier"]
 
 # The restore-tuned parameter group's values (units as RDS expects them); template.yaml's
 # RestoreTunedParameterGroup holds exactly these (tests/unit/test_provision.py).
@@ -65,6 +72,11 @@ RDS_RESTORE_PARAMETERS = {
 
 TAG_PURPOSE, TAG_STACK, TAG_EXECUTION, TAG_SOURCE, TAG_KEEP = (
     "pgrunbook:purpose", "pgrunbook:stack", "pgrunbook:execution", "pgrunbook:source-database", "pgrunbook:keep")
+# pgrunbook:keep's values set by the cutover: "candidate" while the production-ready candidate waits for its
+# approval (deletable by the teardown and the sweeper), "approved" once approved (kept); any other value (a person's
+# note) keeps the instance too
+KEEP_CANDIDATE, KEEP_APPROVED = "candidate", "approved"
+KEPT_PREFIX = "pgrunbook-kept"  # a production-ready candidate's name: outside the drill targets' prefix
 
 # RDS instance states (DBInstanceStatus) a new target can be in, by what they mean for a restore.
 RDS_PENDING = frozenset({"creating", "backing-up", "modifying", "configuring-enhanced-monitoring",
@@ -110,6 +122,18 @@ def target_identifier(database: str, execution: str | None, prefix: str) -> str:
     return f"{head[:63 - len(tail) - 1].rstrip('-')}-{tail}"  # the execution's hash is never cut off
 
 
+def kept_identifier(ident: str, prefix: str) -> str:
+    """The name a cutover candidate `ident` gets when it is made production-ready: `pgrunbook-kept-` and
+    the rest of its name after the stack's prefix (`<database>-<execution hash>`), so it is derived from
+    `ident` alone (the teardown finds it from the name it recorded) and stays unique per execution. A kept
+    name is its own kept name."""
+    if ident.startswith(KEPT_PREFIX + "-"):
+        return ident
+    rest = ident[len(prefix) + 1:] if prefix and ident.startswith(prefix + "-") else ident
+    room = 63 - len(KEPT_PREFIX) - 1
+    return f"{KEPT_PREFIX}-{rest[-room:].lstrip('-')}"  # the execution's hash at the end is never cut off
+
+
 def _code(exc: Any) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -145,14 +169,33 @@ def instance_tags(inst: Mapping[str, Any] | None) -> dict[str, str]:
 def delete_instance(ident: str) -> None:
     """The one way an RDS target is deleted (the state machine's teardown, the sweeper, the CLI): returns
     only once the instance is gone; while RDS is still deleting it (or cannot delete it yet: creating,
-    modifying, backing up) raises TargetDeleting, so the caller retries. A refusal for good (deletion
-    protection) is a ProvisionFailed."""
+    modifying, backing up) raises TargetDeleting, so the caller retries. Deletion protection is lifted
+    only on a cutover candidate that was never approved (tag pgrunbook:keep=candidate); any other protected
+    instance is a refusal for good (ProvisionFailed)."""
     from botocore.exceptions import ClientError
 
     inst = describe(ident)
     if inst is None:
         return
     status = str(inst.get("DBInstanceStatus"))
+    if status != "deleting" and inst.get("DeletionProtection"):
+        keep = instance_tags(inst).get(TAG_KEEP)
+        if keep != KEEP_CANDIDATE:
+            kept = f" and is kept ({TAG_KEEP}={keep})" if keep else ""
+            raise ProvisionFailed(f"RDS instance {ident} has deletion protection{kept}: not deleted (RDS would refuse: "
+                                  "lift the protection by hand if it really must go)")
+        try:  # a candidate made production-ready before its approval: rejected, timed out or failed
+            aws.client("rds").modify_db_instance(DBInstanceIdentifier=ident, DeletionProtection=False,
+                                                 ApplyImmediately=True)
+        except ClientError as exc:
+            if _not_found(exc):
+                return
+            if _code(exc) != "InvalidDBInstanceState":
+                raise _error(exc, ident, "lift the deletion protection of") from None
+            raise TargetDeleting(f"RDS instance {ident} is {status}: its deletion protection cannot be lifted yet, "
+                                 "retrying") from None
+        log.info("RDS instance: deletion protection lifted (an unapproved cutover candidate)",
+                 extra={"instance": ident})
     if status != "deleting":
         try:
             aws.client("rds").delete_db_instance(DBInstanceIdentifier=ident, SkipFinalSnapshot=True,
@@ -160,6 +203,9 @@ def delete_instance(ident: str) -> None:
         except ClientError as exc:
             if _not_found(exc):
                 return
+            if _code(exc) == "InvalidParameterCombination" and inst.get("DeletionProtection"):
+                raise TargetDeleting(f"RDS instance {ident}: its deletion protection is still being lifted, "
+                                     "retrying") from None
             if _code(exc) != "InvalidDBInstanceState":
                 raise _error(exc, ident, "delete") from None
             raise TargetDeleting(f"RDS instance {ident} is {status}: it cannot be deleted yet, retrying") from None
@@ -167,6 +213,19 @@ def delete_instance(ident: str) -> None:
             return
         status = "deleting"
     raise TargetDeleting(f"RDS instance {ident} is {status}: waiting until it is gone")
+
+
+def delete_target(ident: str, *, prefix: str, stack: str) -> None:
+    """The teardown of a restore target: `ident` (delete_instance), and its kept name when this stack's
+    unapproved candidate is there (a rename to the kept name may have been accepted by RDS after `ident` was
+    recorded: the step that asked for it failed or timed out)."""
+    delete_instance(ident)
+    kept = kept_identifier(ident, prefix)
+    if kept == ident:
+        return
+    tags = instance_tags(describe(kept))
+    if tags.get(TAG_STACK) == stack and tags.get(TAG_KEEP) == KEEP_CANDIDATE:
+        delete_instance(kept)
 
 
 @dataclass(frozen=True)

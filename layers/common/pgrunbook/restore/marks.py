@@ -3,7 +3,9 @@
 Invariants: the mark is set before the first byte of the archive reaches the target and removed only
 after the load and ANALYZE succeeded; a failure or interruption turns it into `MARK_FAILED`, a kill
 leaves `MARK_IN_PROGRESS`. `verify` fails on either, and a restore refuses a marked target
-(TargetMarked). A comment (not a marker table) leaves the schema being compared untouched.
+(TargetMarked). A comment (not a marker table) leaves the schema being compared untouched. The comment the
+target had before (a provisioned target's labels, which the sweeper reads: provision.database) is kept
+after the mark and is the comment again once the mark is removed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 MARK_IN_PROGRESS = "pgrunbook: restore in progress"
 MARK_FAILED = "pgrunbook: restore FAILED"
+KEPT_COMMENT = " | comment before the restore: "  # what follows it in a mark is the target's own comment
 
 
 def database_mark(conn: psycopg.Connection[Any]) -> str | None:
@@ -46,15 +49,25 @@ def refuse_marked(url: DatabaseUrl, mark: str | None) -> None:
 
 
 def set_mark(url: DatabaseUrl, text: str | None, *, only_if_ours: bool = False) -> None:
-    """Set the target's comment to `text` (None: remove it; with `only_if_ours`, only a pgrunbook mark).
-    A failure to mark is a warning: the restore's own outcome is what the caller reports."""
+    """Mark the target with `text` (None: remove the mark; with `only_if_ours`, only a pgrunbook mark is
+    removed), keeping the comment it had before the first mark after the mark (KEPT_COMMENT) and putting
+    it back when the mark goes. A failure to mark is a warning: the restore's own outcome is what the
+    caller reports."""
     try:
         with dbinfo.connect(url, autocommit=True, application="pgrunbook-restore") as conn:
             conn.execute("SET default_transaction_read_only = off")
-            if only_if_ours and database_mark(conn) is None:
+            mark = database_mark(conn)
+            if only_if_ours and mark is None:
                 return
+            if mark is not None:
+                own = mark.split(KEPT_COMMENT, 1)[1] if KEPT_COMMENT in mark else None
+            else:
+                row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                                   "WHERE datname = current_database()").fetchone()
+                own = str(row[0]) if row and row[0] else None
+            comment = (f"{text}{KEPT_COMMENT}{own}" if own else text) if text is not None else own
             conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                sql.Identifier(url.dbname), sql.Literal(text)))
+                sql.Identifier(url.dbname), sql.Literal(comment)))
     except (psycopg.Error, PgrunbookError) as exc:
         log.warning("could not mark the target database", extra={"target": url.display(),
                                                                   "reason": mask_secrets(str(exc).strip())})
