@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -11,7 +12,16 @@ from moto import mock_aws
 
 from pgrunbook import aws
 from pgrunbook.errors import ObjectExists, StoreError, UsageError
-from pgrunbook.keys import decode_segment, encode_segment
+from pgrunbook.keys import (
+    RESTORE_REPORTS_PREFIX,
+    WATCH_PREFIX,
+    archive_key,
+    database_dest,
+    decode_segment,
+    encode_segment,
+    restore_report_key,
+    watch_key,
+)
 from pgrunbook.manifest import parse_sha256_file, sha256_line
 from pgrunbook.store import LocalStore, S3Store, open_store, split_uri, writing
 from tests.fixtures.hostile_names import HOSTILE_NAMES, random_names
@@ -78,7 +88,7 @@ def test_encoded_segment_is_one_safe_segment_and_decodes_back() -> None:
     for name in HOSTILE_NAMES + random_names(seed=20260108, count=500):
         seg = encode_segment(name)
         assert decode_segment(seg) == name, name
-        assert "/" not in seg and seg not in (".", "..") and not seg.startswith((".", "-")), (name, seg)
+        assert "/" not in seg and seg not in (".", "..") and not seg.startswith((".", "-", "_")), (name, seg)
         assert all(c.isascii() and (c.isalnum() or c in "_.-%") for c in seg), (name, seg)
         assert len(seg) <= 3 * len(name.encode()) <= 189, name
 
@@ -89,6 +99,20 @@ def test_encoding_is_one_to_one_and_keeps_ordinary_names() -> None:
     for plain in ("app", "my_db", "app-2.v1", "App42"):
         assert encode_segment(plain) == plain
     assert encode_segment("..") == "%2E." and encode_segment("-x") == "%2Dx" and encode_segment("a/b") == "a%2Fb"
+    assert encode_segment("my_db_") == "my_db_"
+
+
+@pytest.mark.parametrize("database", ["_reports", "_tasks", "_releases", "_approvals", "_x"])
+def test_no_database_name_lands_in_a_reserved_folder(database: str) -> None:
+    # Given a database whose name is one of the store's reserved folders
+    when = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+    # When its archives and reports get keys
+    keys = [archive_key(database, "manual", when, "dump"), restore_report_key(database, when, "drill"),
+            watch_key(database), database_dest("s3://b", database)[len("s3://b/"):]]
+    # Then none starts in a reserved folder other than the report's own, and the name reads back
+    assert not keys[0].startswith("_") and not keys[3].startswith("_")
+    assert keys[1].startswith(f"{RESTORE_REPORTS_PREFIX}/%5F") and keys[2].startswith(f"{WATCH_PREFIX}/%5F")
+    assert decode_segment(keys[0].split("/", 1)[0]) == database
 
 
 @pytest.mark.parametrize("key", ["", "..", "a/../b", "a//b", "./a", "/abs", "a/"])

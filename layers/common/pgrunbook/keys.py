@@ -10,10 +10,10 @@
     _releases/<version>/migrations/                               a release's Prisma migrations folder
 
 Invariants: a database name or a kind becomes a key segment only through `encode_segment` (reversible,
-one-to-one, never empty, '.', '..', hidden, option-like or holding '/'), so no name can leave its folder
-or collide with another database's. The `_`-prefixed folders hold no archives (a database whose name
-starts with `_` keeps its backups under its own folder beside them). The state machines
-(statemachines/*.asl.json) spell the `_tasks/` keys in `States.Format`, which cannot import: they
+one-to-one, never empty, '.', '..', hidden, option-like, '_'-prefixed or holding '/'), so no name can
+leave its folder, collide with another database's, or land in a reserved `_`-prefixed folder (a database
+named `_reports` keeps its backups in `%5Freports/`). Report keys encode the database name the same way.
+The state machines (statemachines/*.asl.json) spell the `_tasks/` keys in `States.Format`, which cannot import: they
 follow `task_result_key`.
 """
 
@@ -41,14 +41,15 @@ def encode_segment(name: str) -> str:
     """A database name or a kind as ONE path segment and S3 key segment; `decode_segment` reverses it.
 
     Each byte of the UTF-8 name outside [A-Za-z0-9_.-] is written %XX (uppercase hex), and so is a
-    leading '.' or '-': the result is never empty, '.', '..', hidden or option-like, never holds '/',
+    leading '.', '-' or '_': the result is never empty, '.', '..', hidden, option-like or one of the
+    store's reserved `_` folders, never holds '/',
     a control character or anything a shell or S3 tool treats specially. '%' itself is always encoded,
     so the mapping is one-to-one. Ordinary names (app, my_db, app-2.v1) are unchanged; a 63-byte name
     (Postgres' limit) stays within 189 characters, under every file system's 255."""
     if not name:
         raise UsageError("an empty name cannot be a path segment")
     raw = name.encode("utf-8")
-    return "".join(chr(b) if b in _SAFE and not (i == 0 and b in b".-") else f"%{b:02X}"
+    return "".join(chr(b) if b in _SAFE and not (i == 0 and b in b".-_") else f"%{b:02X}"
                    for i, b in enumerate(raw))
 
 
@@ -71,7 +72,7 @@ def database_dest(dest: str, database: str) -> str:
 
 def restore_reports_prefix(database: str) -> str:
     """Where the restore and drill reports of one database live (keys sort by time)."""
-    return f"{RESTORE_REPORTS_PREFIX}/{database}/"
+    return f"{RESTORE_REPORTS_PREFIX}/{encode_segment(database)}/"
 
 
 def restore_report_key(database: str, now: datetime, mode: str) -> str:
@@ -79,7 +80,7 @@ def restore_report_key(database: str, now: datetime, mode: str) -> str:
 
 
 def watch_key(database: str) -> str:
-    return f"{WATCH_PREFIX}/{database}.json"
+    return f"{WATCH_PREFIX}/{encode_segment(database)}.json"
 
 
 def task_result_key(execution: str, name: str) -> str:
