@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..settings import COMPRESSIONS, KINDS, Settings
-from .common import add_json, emit, human_age, human_bytes, printable
+from .common import add_json, destination, emit, human_age, human_bytes, printable
 
 
 def register(sub: Any) -> None:
@@ -18,7 +18,7 @@ def register(sub: Any) -> None:
                     "CPUs and enough free disk, pg_dump runs in parallel on the shared snapshot and is packed "
                     "into one .dump.tar; otherwise one custom-format .dump is streamed with no local copy.")
     p.add_argument("--database-url", metavar="URL", help="source database (default: $DATABASE_URL)")
-    p.add_argument("--to", dest="dest", metavar="DEST",
+    p.add_argument("--to", dest="dest", metavar="DEST", type=destination,
                    help="s3://bucket/prefix or a folder (default: $PGRUNBOOK_BACKUP_DEST or ./backups); "
                         "objects go to <database>/<kind>/YYYY/MM/db-backup-YYYYMMDD-HHMMSSZ.dump")
     p.add_argument("--out", metavar="PATH",
@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
 
     ls = sub.add_parser("list", help="list backups, newest first",
                         description="List the backups found under DEST (their manifests), newest first.")
-    ls.add_argument("--from", dest="dest", metavar="DEST",
+    ls.add_argument("--from", dest="dest", metavar="DEST", type=destination,
                     help="s3://bucket/prefix or a folder (default: $PGRUNBOOK_BACKUP_DEST or ./backups)")
     add_json(ls)
     ls.set_defaults(handler=cmd_list)
@@ -54,10 +54,7 @@ def register(sub: Any) -> None:
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     from ..backup import BackupOptions, run_backup
-    from ..store import open_store
 
-    if args.dest is not None and args.out is None:
-        open_store(args.dest)  # an empty --to or a bad s3:// prefix is a usage error before connecting
     result = run_backup(BackupOptions(database_url=args.database_url, dest=args.dest, out=args.out, kind=args.kind,
                                       compress=args.compress, jobs=args.jobs, overwrite=args.overwrite,
                                       app_version=args.app_version, lock_wait_timeout=args.lock_wait_timeout),

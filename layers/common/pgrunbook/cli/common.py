@@ -17,6 +17,19 @@ def add_json(parser: argparse.ArgumentParser) -> None:
                         help="print one JSON object on stdout (progress and logs stay on stderr)")
 
 
+def destination(value: str) -> str:
+    """argparse type of every DEST option (--to, --from, --backup-to): an empty folder or an s3:// prefix with an
+    empty, '.' or '..' segment is a usage error before anything connects (the store's own rule)."""
+    from ..errors import UsageError
+    from ..store import open_store
+
+    try:
+        open_store(value)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def emit(args: argparse.Namespace, data: dict[str, Any], text: Callable[[], str]) -> None:
     if getattr(args, "json", False):
         sys.stdout.write(json.dumps(data, default=str) + "\n")

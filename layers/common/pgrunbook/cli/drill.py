@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..settings import Settings
-from .common import add_json, emit
+from .common import add_json, destination, emit
 
 
 def register(sub: Any) -> None:
@@ -18,7 +18,7 @@ def register(sub: Any) -> None:
                     "PGRUNBOOK_RDS_* settings), restores, resets the target to production settings with ANALYZE, "
                     "verifies against the manifest and reports timings (download, restore, verify, seconds per "
                     "GB). The target is removed afterwards unless --keep. Exit 0 only when the copy verified.")
-    p.add_argument("--from", dest="dest", metavar="DEST",
+    p.add_argument("--from", dest="dest", metavar="DEST", type=destination,
                    help="s3://bucket/prefix or folder holding the backups (default: $PGRUNBOOK_BACKUP_DEST)")
     p.add_argument("--backup", metavar="URI", help="drill this archive instead of the latest")
     p.add_argument("--database", metavar="NAME", help="latest backup of this database only")

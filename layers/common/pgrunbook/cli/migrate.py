@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..settings import Settings
-from .common import add_json, emit
+from .common import add_json, destination, emit
 
 ENV_DIR = "PGRUNBOOK_MIGRATIONS_DIR"
 
@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
                     "keeping _prisma_migrations exactly as `prisma migrate deploy` does. Exit 0 when applied or "
                     "already up to date, 1 on any failure (the migration and statement are named), 2 usage error.")
     _common(m)
-    m.add_argument("--backup-to", metavar="DEST",
+    m.add_argument("--backup-to", metavar="DEST", type=destination,
                    help="where the pre-migration backup goes and scheduled backups are looked for (s3://bucket/prefix "
                         "or a folder; default: $PGRUNBOOK_BACKUP_DEST or ./backups)")
     m.add_argument("--skip-backup", action="store_true", help="do not take the pre-migration backup (needs --reason)")

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..settings import Settings
-from .common import add_json, emit, human_age, human_bytes, printable
+from .common import add_json, destination, emit, human_age, human_bytes, printable
 
 BACKUP_MAX_HOURS, DRILL_MAX_DAYS, PITR_MIN_DAYS, PITR_MAX_LAG_MINUTES = 26, 35, 7, 15
 
@@ -26,7 +26,8 @@ def register(sub: Any) -> None:
         "status", help="one line per database: last backup, last verified drill, PITR window, pending migrations",
         description="The on-call view of the stack's databases (PGRUNBOOK_DATABASES, PGRUNBOOK_BACKUP_DEST). "
                     "Exit 1 when a database needs attention (the same thresholds as the alarms).")
-    p.add_argument("--from", dest="dest", metavar="DEST", help="the backup bucket (default: $PGRUNBOOK_BACKUP_DEST)")
+    p.add_argument("--from", dest="dest", metavar="DEST", type=destination,
+                   help="the backup bucket (default: $PGRUNBOOK_BACKUP_DEST)")
     p.add_argument("--migrations", metavar="DIR", help="count pending migrations from this folder or s3:// prefix")
     p.add_argument("--no-pitr", action="store_true", help="do not ask RDS for the PITR window")
     p.add_argument("--approvals-table", metavar="TABLE",
