@@ -46,9 +46,10 @@ def test_happy_path_backup_restore_verify_approve_cutover_migrate() -> None:
 
         assert run.status == "SUCCEEDED", (run.error, run.cause)
         entered = run.states_entered()
-        for state in ("RestoreOnLambda", "Verify", "PrepareCandidate", "RequestApproval", "MakeProductionReady",
-                      "SwitchAndRoll", "Prove", "Finish", "CutoverDone"):
+        for state in ("RestoreOnLambda", "Verify", "PrepareCandidate", "MakeProductionReady", "RequestApproval",
+                      "KeepCandidate", "SwitchAndRoll", "Prove", "Finish", "CutoverDone"):
             assert state in entered, state
+        assert entered.index("MakeProductionReady") < entered.index("RequestApproval")  # approved as it serves
         prepared = run.task_outputs("PrepareCandidate")[0]["prepared"]["verify"]["checks"]
         assert {c["check"] for c in prepared if c["ok"]} >= {"staging ready after the roll",
                                                               "staging sign-in POST /api/auth/sign-in"}
@@ -75,8 +76,13 @@ def test_happy_path_backup_restore_verify_approve_cutover_migrate() -> None:
         new_counts = stack.counts(targets, APP_DB)
         assert new_counts["User"] == old_counts["User"] and new_counts["Job"] == old_counts["Job"]
 
+        # the stack's own secret of app (what Backup and Migrate read) was switched by the cutover itself
+        switched = out["cutover"]["stack_secret"]
+        assert switched["switched"] is True and f":{targets.port}/{APP_DB}" in switched["new"]
+        stack_version, stack_target = stack.stack_secret_current()
+        assert stack_version == switched["new_version_id"] and stack_target.port == str(targets.port)
+
         # migrate: the stack's entry follows the new database; the expand migration lands there only
-        stack.repoint(targets, APP_DB)
         uri = stack.upload_migrations(demo_migrations(), "e2e")
         seen = len(stack.notifications())
         migrate = stack.run("MigrateStateMachine", {"database": APP_DB, "migrations": uri, "app_version": "e2e"},
@@ -128,6 +134,7 @@ def test_ready_failing_after_the_switch_rolls_back_to_the_previous_database_url(
         assert "ROLLED BACK" in message
         # the secret serves the previous DATABASE_URL again (read by stage: moto's labels after a stage move)
         assert stack.secret_current() == (old_version, old_url)
+        assert stack.stack_secret_current()[1].port == str(prod.port)  # the stack's own secret moved back too
         # the app is back on the old database, which stayed writable; the candidate is kept, untouched
         status, body = stack.app.ready()
         assert status == 200 and f":{prod.port}/" in str(body["database"])

@@ -101,7 +101,8 @@ def test_rejected_approval_never_cuts_over_and_tears_down(stack: DemoStack) -> N
     assert run.status == "SUCCEEDED", (run.error, run.cause)
     entered = run.states_entered()
     assert entered[-4:] == ["ApprovalDecision", "Rejected", "RejectedTeardown", "RejectedDone"]
-    assert not {"CutoverApproved", "SwitchAndRoll", "MakeProductionReady", "KeepCandidate"} & set(entered)
+    assert not {"CutoverApproved", "SwitchAndRoll", "KeepCandidate"} & set(entered)
+    assert entered.index("MakeProductionReady") < entered.index("RequestApproval")  # production-ready, torn down
     assert run.output["approval"]["decision"] == "rejected"
     assert run.output["approval"]["approver"] == "Rita Reviewer"
     subjects = [s for s, _ in new_notifications(stack, before.seen)]

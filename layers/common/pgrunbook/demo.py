@@ -14,13 +14,15 @@ What it starts (all stopped again on every way out):
   (sign-ins) on production so that the data window is real.
 
 What it runs: Backup -> Restore in cutover mode (fresh target, restore, verify, staging smoke, approval on the
-page, production-ready, switch + roll, proof, old database read-only) -> the stack's `app` entry pointed at
-the new database -> Migrate with the expand migration of demo_data/prisma/migrations. `DemoStack` is the same
-machinery for tests/e2e, which inject faults at the handler boundary.
+page, production-ready, switch + roll, proof, old database read-only; the cutover also switches the stack's
+own secret of `app`, so Migrate and later backups reach the new database) -> Migrate with the expand migration
+of demo_data/prisma/migrations. `DemoStack` is the same machinery for tests/e2e, which inject faults at the
+handler boundary.
 
 Invariants:
 1. Exit 0 only when every execution SUCCEEDED and the end state holds: the application reads the new
-   database, the secret's AWSCURRENT names it, the old database is read-only, the migration is applied.
+   database, the secret's AWSCURRENT names it, the stack's own secret of `app` names it (the cutover switched
+   it: the demo never re-points the stack itself), the old database is read-only, the migration is applied.
 2. Every server and thread it starts is stopped on every way out (success, failure, SIGINT/SIGTERM turned
    into Interrupted by pgtools.stop_signals, KeyboardInterrupt); servers left by a run that was killed
    (SIGKILL) are stopped by the next run before it removes their folders.
@@ -433,6 +435,13 @@ class DemoStack:
                                                              VersionStage="AWSCURRENT")
         return str(resp["VersionId"]), str(resp["SecretString"])
 
+    def stack_secret_current(self) -> tuple[str, DatabaseUrl]:
+        """(version id, target) of AWSCURRENT of the stack's own secret of `app` (DatabasesJson's secret_arn:
+        what the Backup and Migrate functions read)."""
+        resp = aws.client("secretsmanager").get_secret_value(SecretId=self.cloud.secret_arns[APP_DB],
+                                                             VersionStage="AWSCURRENT")
+        return str(resp["VersionId"]), DatabaseUrl.from_secret(json.loads(resp["SecretString"]))
+
     def secret_versions(self, name: str = "app") -> dict[str, list[str]]:
         resp = aws.client("secretsmanager").describe_secret(SecretId=self.secret_names[name])
         return {k: list(v) for k, v in resp.get("VersionIdsToStages", {}).items()}
@@ -570,13 +579,6 @@ class DemoStack:
     def restore_input(self, **extra: Any) -> dict[str, Any]:
         return {"database": APP_DB, "backup": "latest", "mode": "cutover", "requested_by": "pgrunbook demo",
                 "target": {"kind": "database", "server": TARGET_SERVER, "name": APP_DB}, **extra}
-
-    def repoint(self, server: LocalServer, db: str) -> None:
-        """After a cutover, the stack's `app` entry names the new database (what updating DatabasesJson / the
-        database secret does in AWS): its next backups and migrations go there, not to the retired one."""
-        secret = DatabaseUrl.parse(server.url(db)).to_secret()
-        aws.client("secretsmanager").put_secret_value(SecretId=self.cloud.secret_arns[APP_DB],
-                                                      SecretString=json.dumps(secret))
 
     def upload_migrations(self, folder: Path, version: str) -> str:
         """What the release pipeline does (docs/migrations.md): the migrations folder under `_releases/`."""
@@ -803,15 +805,16 @@ def run_demo(cfg: DemoConfig, *, approve: str = "auto", narrator: Narrator | Non
         app_on_new = DatabaseUrl.parse(value).port == str(targets.port)
         ready, body = stack.app.ready()
         old_read_only = stack.read_only(prod, APP_DB)
+        stack_version, stack_target = stack.stack_secret_current()
+        stack_on_new = stack_target.port == str(targets.port)
         say(f"   end state: secret AWSCURRENT {version[:8]} names the new database: {app_on_new}; app /ready "
             f"{ready} on {body.get('database')}; old database read-only: {old_read_only}")
-        if not (app_on_new and ready == 200 and old_read_only):
-            raise DemoFailed("the cutover's end state does not hold (see the line above)")
+        say(f"5. the stack's own secret of {APP_DB!r} (DatabasesJson: what Backup and Migrate read), switched by the "
+            f"cutover: AWSCURRENT {stack_version[:8]} names the new database: {stack_on_new} ({stack_target})")
+        if not (app_on_new and ready == 200 and old_read_only and stack_on_new):
+            raise DemoFailed("the cutover's end state does not hold (see the lines above)")
 
         # ---- Migrate
-        stack.repoint(targets, APP_DB)
-        say(f"5. the stack's database {APP_DB!r} now names the new database (as updating its secret / "
-            "DatabasesJson does after a cutover)")
         uri = stack.upload_migrations(demo_migrations(), "demo")
         say(f"6. Migrate state machine ({MACHINE_FILES['MigrateStateMachine']}) with {uri} "
             f"(demo_data/prisma/migrations: an expand migration)")
@@ -884,6 +887,13 @@ def _summary(stack: DemoStack, facts: dict[str, Any], backup: MachineRun, restor
         "(the previous one kept as AWSPREVIOUS)",
         f"           {cut.get('roll') or '-'}",
     ]
+    stack_secret = cut.get("stack_secret") or {}
+    if stack_secret.get("switched"):
+        lines.append(f"           stack secret of {stack_secret.get('database')} (backups, Migrate) version "
+                     f"{str(stack_secret.get('previous_version_id'))[:8]} -> "
+                     f"{str(stack_secret.get('new_version_id'))[:8]}: {stack_secret.get('new')}")
+    else:
+        lines.append(f"           stack secret NOT switched: {stack_secret.get('why') or '-'}")
     lines += _check_lines(cut.get("checks") or [], "           ")
     sessions = cut.get("sessions") or {}
     if sessions:
