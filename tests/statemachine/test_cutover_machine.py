@@ -379,6 +379,9 @@ def test_freeze_never_starts_before_approval_and_closes_the_window_after(pg_serv
         assert report["freeze"]["kept"] is True and report["freeze"]["frozen_seconds"] > 0
         assert "writes frozen from" in report["text"]
         assert read_only(s) and s.dbs.new not in candidate
+        # the final copy took the approved candidate's place production-ready like it (owner, keep: approved)
+        assert labels(s, candidate)["keep"] == "approved" and owner(s, candidate) == owner(s, s.dbs.old)
+        assert labels(s, candidate).get("execution") == arn
         assert s.app.ready()[0] == 200 and candidate in str(s.app.database)
 
 

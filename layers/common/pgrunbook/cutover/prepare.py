@@ -106,7 +106,8 @@ def _database_facts(conn: psycopg.Connection[Any]) -> tuple[str, list[tuple[str,
     acl = None
     if not row[1]:
         acl = [(str(g), str(p), bool(o)) for g, p, o in conn.execute("""
-            SELECT coalesce(pg_get_userbyid(a.grantee), 'PUBLIC') AS grantee, a.privilege_type, a.is_grantable
+            SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END AS grantee,
+                   a.privilege_type, a.is_grantable
             FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = current_database()
             ORDER BY 1, 2""").fetchall()]
     settings = {k: v for k, v in dbstate.database_settings(conn).items()
@@ -228,7 +229,7 @@ def rds_production_ready(ref: Any, *, settings: Settings) -> tuple[str, dict[str
         CheckResult("instance name and tags (kept)", f"{kept}, {TAG_KEEP}={KEEP_CANDIDATE}",
                     f"{inst.get('DBInstanceIdentifier')}, {TAG_KEEP}={tags.get(TAG_KEEP)}",
                     inst.get("DBInstanceIdentifier") == kept and tags.get(TAG_KEEP) == KEEP_CANDIDATE,
-                    "approved -> " + KEEP_APPROVED + "; until then the teardown may still delete it"),
+                    f"the approval sets {TAG_KEEP}={KEEP_APPROVED}; until then a rejection or timeout deletes it"),
     ]
     endpoint = inst.get("Endpoint") or {}  # (statistics: the restore ran ANALYZE; a reboot keeps them)
     return "ready", {**ref, "name": kept, "status": "available", "host": endpoint.get("Address") or ref.get("host"),
