@@ -2,10 +2,8 @@
 
 Events: {"action": "create", "database": "app", "spec": {"kind": "database"|"rds", ...}, "execution": "..."}
         {"action": "status", "target": TargetRef}   {"action": "delete", "target": TargetRef | null}
-        {"action": "finish", "target": TargetRef, "polls": 0}  (a kept target: production settings)
-Returns a TargetRef (no password: credentials stay in Secrets Manager); finish returns
-{"status": "modifying"|"ready", "polls", "settings"}. Every action returns at once (the state machine
-polls); an RDS target goes through the one RDS provisioner (pgrunbook.provision.rds).
+Returns a TargetRef (no password: credentials stay in Secrets Manager). Every action returns at once (the
+state machine polls); an RDS target goes through the one RDS provisioner (pgrunbook.provision.rds).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from .settings import KINDS
 
 MODES = ("drill", "cutover")
 TARGET_KINDS = ("database", "rds")
-PROVISION_ACTIONS = ("create", "status", "finish", "delete")
+PROVISION_ACTIONS = ("create", "status", "delete")
 RUNNERS = ("lambda", "ecs")
 
 T = TypeVar("T")
@@ -162,11 +162,10 @@ class RestorePlanEvent:
 @dataclass(frozen=True)
 class ProvisionEvent:
     action: str
-    target: TargetRef | None = None  # status / finish / delete
+    target: TargetRef | None = None  # status / delete
     spec: TargetSpec | None = None  # create
     database: str | None = None  # create: the source database (names the new target)
     execution: str | None = None  # create: the execution name (makes the target name unique)
-    polls: int = 0  # finish: its polls so far
 
     @classmethod
     def parse(cls, event: Any) -> ProvisionEvent:
@@ -178,8 +177,7 @@ class ProvisionEvent:
                        execution=_get(d, "execution", str, "provision event", default=None))
         raw = d.get("target")
         return cls(action=action, target=None if raw is None and action == "delete"
-                   else TargetRef.parse(raw, "provision event: target"),
-                   polls=_get(d, "polls", int, "provision event", default=0) if action == "finish" else 0)
+                   else TargetRef.parse(raw, "provision event: target"))
 
 
 @dataclass(frozen=True)

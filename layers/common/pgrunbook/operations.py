@@ -171,9 +171,9 @@ def backup(ev: BackupEvent, settings: Settings) -> BackupResult:
 
 # --------------------------------------------------------------------------- provision
 def provision(ev: ProvisionEvent, settings: Settings) -> dict[str, Any]:
-    """The Provision function: create | status | finish | delete one restore target (each returns at once;
-    the state machine polls status until available, finish until ready, and retries delete while
-    TargetDeleting)."""
+    """The Provision function: create | status | delete one restore target (each returns at once; the state
+    machine polls status until available and retries delete while TargetDeleting). A kept candidate's
+    production settings are the cutover's step (cutover.prepare, with the same RDS provisioner)."""
     if ev.action == "create":
         assert ev.spec is not None and ev.database is not None
         return _create(ev.spec, ev.database, ev.execution, settings).to_dict()
@@ -181,8 +181,6 @@ def provision(ev: ProvisionEvent, settings: Settings) -> dict[str, Any]:
         return {"kind": None, "status": "deleted", "note": "no target was created"}
     if ev.action == "status":
         return _status(ev.target, settings).to_dict()
-    if ev.action == "finish":
-        return _finish(ev.target, ev.polls, settings)
     _delete(ev.target, settings)
     return {**ev.target.to_dict(), "status": "deleted"}
 
@@ -232,16 +230,6 @@ def _status(ref: TargetRef, settings: Settings) -> TargetRef:
         return TargetRef(**{**ref.to_dict(), "status": inst.state, "checks": ref.checks + 1})
     return TargetRef(**{**ref.to_dict(), "status": "available", "checks": ref.checks + 1,
                         "secret_arn": inst.secret_arn, "host": inst.host, "port": inst.port})
-
-
-def _finish(ref: TargetRef, polls: int, settings: Settings) -> dict[str, Any]:
-    """One step of making a kept target production-ready: {"status": "modifying" | "ready", "polls"}.
-    A database target has its server's settings already; an RDS target gets the production parameter
-    group and automated backups (provision.rds.finish_for_production)."""
-    if ref.kind == "database":
-        return {"status": "ready", "polls": polls + 1, "settings": "the server's own"}
-    status, applied = _rds(settings).finish_for_production(ref.name)
-    return {"status": status, "polls": polls + 1, "settings": applied}
 
 
 def _delete(ref: TargetRef, settings: Settings) -> None:
