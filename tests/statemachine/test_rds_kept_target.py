@@ -72,7 +72,7 @@ class FakeRds:
             return json.dumps({"username": secret.resource.master_username, "password": password})
 
         def create_db_instance(backend: Any, db_kwargs: dict[str, Any]) -> Any:
-            db = create(backend, db_kwargs)
+            db: Any = create(backend, db_kwargs)
             group = str(db.db_parameter_group_name)
             server = LocalServer(data_dir=fake.root / f"i{len(fake.servers)}" / "data", port=free_port(),
                                  settings=fake.server_settings(group))
@@ -88,14 +88,14 @@ class FakeRds:
             return db
 
         def reboot_db_instance(backend: Any, db_instance_identifier: str) -> Any:
-            db = reboot(backend, db_instance_identifier)
+            db: Any = reboot(backend, db_instance_identifier)
             db.fake_group = str(db.db_parameter_group_name)
             db.fake_server.restart(fake.server_settings(db.fake_group))
             fake.applied.append((db.db_instance_identifier, db.fake_group))
             return db
 
         def delete_db_instance(backend: Any, db_instance_identifier: str, *args: Any, **kwargs: Any) -> Any:
-            db = delete(backend, db_instance_identifier, *args, **kwargs)
+            db: Any = delete(backend, db_instance_identifier, *args, **kwargs)
             db.fake_server.destroy()
             fake.servers.remove(db.fake_server)
             return db
