@@ -114,10 +114,9 @@ def test_demo_migrations_continue_the_sample_databases_history() -> None:
     """The demo's prisma/migrations folder starts with the migrations the sample database records (same bytes,
     so the same checksums: Migrate would refuse a modified applied migration) and adds one that passes the
     strict lint gate."""
-    from pgrunbook.demo import demo_migrations
     from pgrunbook.migrations.files import read_migrations
     from pgrunbook.migrations.lint import lint_migrations
-    from pgrunbook.sample import SAMPLE_MIGRATIONS
+    from pgrunbook.sample import SAMPLE_MIGRATIONS, demo_migrations
 
     found = read_migrations(demo_migrations())
     names = [m.name for m in found]

@@ -15,7 +15,8 @@ from psycopg import sql
 from pgrunbook import aws
 from pgrunbook.approval.client import decide_via_link
 from pgrunbook.dburl import DatabaseUrl
-from pgrunbook.demo import APP_DB, APP_ROLE, demo_migrations
+from pgrunbook.demo import APP_DB, APP_ROLE
+from pgrunbook.sample import demo_migrations
 from tests.e2e.conftest import make_stack, new_notifications, until_approval, wrapped
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")

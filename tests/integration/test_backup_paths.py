@@ -109,7 +109,7 @@ def test_any_database_name_lands_under_the_s3_prefix_and_lists_by_its_real_name(
 def _usage_error(proc: subprocess.CompletedProcess[str], contains: str) -> None:
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
-    # one line: "pgrunbook: error: ..." or, for an option argparse refuses, "pgrunbook backup: error: argument --to: ..."
+    # one line: "pgrunbook: error: ..." or, when argparse refuses an option, "pgrunbook backup: error: argument ..."
     assert len(lines) == 1 and lines[0].startswith("pgrunbook") and ": error: " in lines[0], proc.stderr
     assert contains in lines[0], proc.stderr
 

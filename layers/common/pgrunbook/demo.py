@@ -59,7 +59,9 @@ from . import aws
 from .dburl import DatabaseUrl, mask_secrets
 from .errors import DemoFailed, PgrunbookError, UsageError
 from .keys import release_migrations_prefix
+from .localcloud.cloud import states_entered, task_outputs
 from .pgserver import RESTORE_TUNED, LocalServer
+from .sample import demo_migrations
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +78,6 @@ DEFAULT_ROWS = 300_000
 MIN_ROWS, MAX_ROWS = 100, 50_000_000
 SIGN_IN = {"email": "user1@example.com", "password": "demo"}  # the sample data's documented test account
 
-
-def demo_migrations() -> Path:
-    """The demo's Prisma migrations folder (package data: it ships with the wheel)."""
-    return Path(__file__).resolve().parent / "demo_data" / "prisma" / "migrations"
 
 
 def sample_sizes(rows: int) -> dict[str, int]:
@@ -259,11 +257,10 @@ class MachineRun:
         return self.logical_id.removesuffix("StateMachine")
 
     def states_entered(self) -> list[str]:
-        return [e["stateEnteredEventDetails"]["name"] for e in self.history if "stateEnteredEventDetails" in e]
+        return states_entered(self.history)
 
     def task_outputs(self, state: str) -> list[Any]:
-        return [json.loads(e["stateExitedEventDetails"]["output"]) for e in self.history
-                if e.get("stateExitedEventDetails", {}).get("name") == state]
+        return task_outputs(self.history, state)
 
 
 @dataclass

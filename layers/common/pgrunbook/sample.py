@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 
 from .dbinfo import connect
@@ -10,33 +12,16 @@ from .dburl import DatabaseUrl
 from .migrations import history
 from .migrations.files import checksum
 
-SAMPLE_MIGRATIONS = {
-    "20260101000000_init": """
-CREATE TABLE "User" (
-    "id" SERIAL PRIMARY KEY,
-    "email" TEXT NOT NULL UNIQUE,
-    "name" TEXT,
-    "createdAt" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP
-);
-CREATE TABLE "Job" (
-    "id" SERIAL PRIMARY KEY,
-    "userId" INTEGER NOT NULL REFERENCES "User"("id") ON DELETE CASCADE,
-    "title" TEXT NOT NULL,
-    "status" TEXT NOT NULL DEFAULT 'open',
-    "payload" JSONB
-);
-""",
-    "20260115000000_security_events": """
-CREATE TABLE "SecurityEvent" (
-    "id" BIGSERIAL PRIMARY KEY,
-    "userId" INTEGER REFERENCES "User"("id"),
-    "kind" TEXT NOT NULL,
-    "at" TIMESTAMPTZ NOT NULL DEFAULT now(),
-    "detail" TEXT
-);
-CREATE INDEX "SecurityEvent_userId_idx" ON "SecurityEvent"("userId");
-""",
-}
+
+def demo_migrations() -> Path:
+    """The demo's Prisma migrations folder (package data: it ships with the wheel)."""
+    return Path(__file__).resolve().parent / "demo_data" / "prisma" / "migrations"
+
+
+# The sample database's history: the demo's first two migrations, read from their files (the demo's third,
+# an expand migration, is what `pgrunbook demo` then applies).
+SAMPLE_MIGRATIONS = {name: (demo_migrations() / name / "migration.sql").read_text(encoding="utf-8")
+                     for name in ("20260101000000_init", "20260115000000_security_events")}
 
 
 def create_sample_database(server_url: str, dbname: str, *, users: int = 500, jobs_per_user: int = 4,

@@ -20,6 +20,7 @@ import psycopg
 from .. import dbinfo
 from ..dburl import DatabaseUrl, mask_secrets
 from ..errors import CountFailed, PgrunbookError
+from ..units import human_age
 
 
 def table_key(table: Any) -> str:
@@ -128,7 +129,8 @@ class DataWindow:
         out = []
         if self.backup_finished_at:
             age = self.backup_age_seconds
-            out.append(f"backup taken {self.backup_finished_at}" + (f" ({_age(age)} ago)" if age is not None else ""))
+            ago = f" ({human_age(age)} ago)" if age is not None else ""
+            out.append(f"backup taken {self.backup_finished_at}{ago}")
         out.append(self.summary())
         if self.known and self.only_in_source:
             out.append("tables only in the source: " + ", ".join(short_name(t) for t in self.only_in_source))
@@ -146,14 +148,6 @@ class DataWindow:
                 "summary": self.summary()}
 
 
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def window_against_manifest(source: DatabaseUrl, manifest_tables: dict[str, int],

@@ -125,12 +125,22 @@ class Execution:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def states_entered(self) -> list[str]:
-        return [e["stateEnteredEventDetails"]["name"] for e in self.history if "stateEnteredEventDetails" in e]
+        return states_entered(self.history)
 
     def task_outputs(self, state: str) -> list[Any]:
         """Outputs of every exit of `state` (parsed JSON)."""
-        return [json.loads(e["stateExitedEventDetails"]["output"]) for e in self.history
-                if e.get("stateExitedEventDetails", {}).get("name") == state]
+        return task_outputs(self.history, state)
+
+
+def states_entered(history: list[dict[str, Any]]) -> list[str]:
+    """The names of the states an execution entered, in order (from its history events)."""
+    return [e["stateEnteredEventDetails"]["name"] for e in history if "stateEnteredEventDetails" in e]
+
+
+def task_outputs(history: list[dict[str, Any]], state: str) -> list[Any]:
+    """Outputs of every exit of `state` (parsed JSON), from an execution's history events."""
+    return [json.loads(e["stateExitedEventDetails"]["output"]) for e in history
+            if e.get("stateExitedEventDetails", {}).get("name") == state]
 
 
 @dataclass
