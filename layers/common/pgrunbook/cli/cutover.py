@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import PgrunbookError, UsageError
@@ -122,7 +123,7 @@ def _finish(args: argparse.Namespace, report: Any, error: PgrunbookError | None,
 
 
 def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
-    from ..cutover.run import CutoverOptions, ProofOptions, report_of, run_cutover
+    from ..cutover.run import CutoverOptions, ProofOptions, run_cutover
 
     old = args.old_url or settings.database_url
     if not old:
@@ -138,18 +139,11 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
                            soak_seconds=args.soak, attachment_url=args.attachment_url, strict=args.strict,
                            sessions_grace=args.sessions_grace, app_user=args.app_user, app_name=args.app_name,
                            poll=args.poll))
-    try:
-        report = run_cutover(opts)
-    except PgrunbookError as exc:
-        found = report_of(exc)
-        if found is None:
-            raise
-        return _finish(args, found, exc, settings)
-    return _finish(args, report, None, settings)
+    return _run(args, settings, lambda: run_cutover(opts))
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    from ..cutover.run import ProofOptions, RollbackOptions, report_of, run_rollback
+    from ..cutover.run import ProofOptions, RollbackOptions, run_rollback
 
     ready = None
     if args.ready_url:
@@ -158,8 +152,16 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
                            webhook_url=args.webhook, webhook_key=_webhook_key(args, settings), ready=ready,
                            to_version=args.to_version, old_url=args.old_url, force=args.force,
                            roll_timeout=args.roll_timeout, poll=args.poll)
+    return _run(args, settings, lambda: run_rollback(opts))
+
+
+def _run(args: argparse.Namespace, settings: Settings, procedure: Callable[[], Any]) -> int:
+    """Run a cutover or rollback; a failure that carries its report (rolled back, refused) is reported like a
+    success, with the error's one line."""
+    from ..cutover.run import report_of
+
     try:
-        report = run_rollback(opts)
+        report = procedure()
     except PgrunbookError as exc:
         found = report_of(exc)
         if found is None:
