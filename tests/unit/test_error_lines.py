@@ -11,14 +11,11 @@ from typing import Any
 
 import pytest
 
-from pgrunbook.errors import ConnectionFailed, PgrunbookError
+from pgrunbook.errors import ONE_LINE_LIMIT, ConnectionFailed, PgrunbookError, error_line, one_line
 from pgrunbook.lambda_support import (
-    ONE_LINE_LIMIT,
     TransientError,
     describe_failure,
-    error_line,
     error_payload,
-    one_line,
     one_line_errors,
 )
 

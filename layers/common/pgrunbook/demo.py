@@ -57,7 +57,7 @@ from psycopg import sql
 
 from . import aws
 from .dburl import DatabaseUrl, mask_secrets
-from .errors import DemoFailed, PgrunbookError, UsageError
+from .errors import DemoFailed, PgrunbookError, UsageError, one_line
 from .keys import release_migrations_prefix
 from .localcloud.cloud import states_entered, task_outputs
 from .pgserver import RESTORE_TUNED, LocalServer
@@ -698,8 +698,7 @@ def _find_key(data: Any, key: str) -> Any:
 
 
 def _one_line(text: Any, limit: int = 200) -> str:
-    line = " ".join(str(text or "").split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    return one_line(str(text or ""), limit=limit)
 
 
 def _mb(n: float | None) -> str:

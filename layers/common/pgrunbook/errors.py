@@ -6,6 +6,7 @@ contract (1 = the operation failed, 2 = usage error).
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -338,3 +339,41 @@ class ApprovalUnavailable(ApprovalError):
 
 class ApprovalInputError(UsageError):
     status = 400
+
+
+# --------------------------------------------------------------------------- errors as one line for people
+ONE_LINE_LIMIT = 600
+_TRACEBACK_HEAD = re.compile(r"^\s*Traceback \(most recent call last\)")
+_TRACEBACK_FRAME = re.compile(r'^\s*File ".*", line \d+')
+_TRACE_INSIDE = re.compile(r'Traceback \(most recent call last\)|File "[^"]*", line \d+')
+_CHAINED = re.compile(r"^\s*(During handling of the above exception|The above exception was the direct cause)")
+
+
+def one_line(text: str, *, first_only: bool = False, limit: int = ONE_LINE_LIMIT) -> str:
+    """`text` for people as one line: secrets masked, any Python traceback left out (its final
+    `Class: message` line kept), the lines joined (or only the first), at most `limit` characters."""
+    from .dburl import mask_secrets
+
+    kept: list[str] = []
+    in_trace = False
+    for raw in mask_secrets(text).splitlines():
+        line = " ".join(raw.split())
+        if _TRACEBACK_HEAD.match(raw) or _CHAINED.match(raw):
+            in_trace = True
+            continue
+        if _TRACEBACK_FRAME.match(raw) or (in_trace and (raw[:1].isspace() or not line)):
+            continue
+        in_trace = False
+        inside = _TRACE_INSIDE.search(line)  # a trace pasted into a message line: keep what precedes it
+        line = line[: inside.start()].strip() if inside else line
+        if line:
+            kept.append(line)
+    out = (kept[:1] if first_only else kept)
+    joined = " ".join(out)
+    return joined if len(joined) <= limit else joined[: limit - 1] + "\u2026"
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an exception: a PgrunbookError's message (written for operators) on one line;
+    any other exception's first line (an unexpected error: the rest is in the log)."""
+    return one_line(str(exc), first_only=not isinstance(exc, PgrunbookError)) or "no message (see the function's log)"

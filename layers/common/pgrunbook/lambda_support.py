@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import signal
 import threading
 import traceback
@@ -45,10 +44,13 @@ from .errors import (
     TransientError,
     UnknownDatabase,
     UsageError,
+    error_line,
+    one_line,
 )
 from .settings import DatabaseConfig, Settings
 
-__all__ = ["ConfigError", "DatabaseConfig", "DeadlineExceeded", "TransientError", "UnknownDatabase"]  # re-exported
+__all__ = ["ConfigError", "DatabaseConfig", "DeadlineExceeded", "TransientError", "UnknownDatabase",  # re-exported
+           "error_line", "one_line"]
 
 METRICS_NAMESPACE = "pgrunbook"
 
@@ -286,43 +288,6 @@ class LocalContext:
 #   logged) -> Lambda's error body {errorType, errorMessage, stackTrace} (on AWS the runtime always
 #   adds stackTrace) -> a Catch's {"Error", "Cause": that body as JSON} -> describe_failure (the report
 #   function's `describe-error`, `restore-report`, `backup-summary`) -> SNS / the Fail state's cause.
-ONE_LINE_LIMIT = 600
-_TRACEBACK_HEAD = re.compile(r"^\s*Traceback \(most recent call last\)")
-_TRACEBACK_FRAME = re.compile(r'^\s*File ".*", line \d+')
-_TRACE_INSIDE = re.compile(r'Traceback \(most recent call last\)|File "[^"]*", line \d+')
-_CHAINED = re.compile(r"^\s*(During handling of the above exception|The above exception was the direct cause)")
-
-
-def one_line(text: str, *, first_only: bool = False, limit: int = ONE_LINE_LIMIT) -> str:
-    """`text` for people as one line: secrets masked, any Python traceback left out (its final
-    `Class: message` line kept), the lines joined (or only the first), at most `limit` characters."""
-    from .dburl import mask_secrets
-
-    kept: list[str] = []
-    in_trace = False
-    for raw in mask_secrets(text).splitlines():
-        line = " ".join(raw.split())
-        if _TRACEBACK_HEAD.match(raw) or _CHAINED.match(raw):
-            in_trace = True
-            continue
-        if _TRACEBACK_FRAME.match(raw) or (in_trace and (raw[:1].isspace() or not line)):
-            continue
-        in_trace = False
-        inside = _TRACE_INSIDE.search(line)  # a trace pasted into a message line: keep what precedes it
-        line = line[: inside.start()].strip() if inside else line
-        if line:
-            kept.append(line)
-    out = (kept[:1] if first_only else kept)
-    joined = " ".join(out)
-    return joined if len(joined) <= limit else joined[: limit - 1] + "\u2026"
-
-
-def error_line(exc: BaseException) -> str:
-    """One line for an exception: a PgrunbookError's message (written for operators) on one line;
-    any other exception's first line (an unexpected error: the rest is in the log)."""
-    return one_line(str(exc), first_only=not isinstance(exc, PgrunbookError)) or "no message (see the function's log)"
-
-
 def describe_failure(error: Any) -> tuple[str, str]:
     """(error name, one line) of a Step Functions error as a Catch stores it, {"Error", "Cause"}.
 

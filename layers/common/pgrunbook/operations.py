@@ -20,7 +20,7 @@ from typing import Any
 
 from .backup import BackupOptions, BackupResult, run_backup
 from .backup_index import latest_backup
-from .errors import ConfigError, PgrunbookError, StoreError, UsageError
+from .errors import ConfigError, PgrunbookError, StoreError, UsageError, one_line
 from .errors import NoBackup as NoBackup  # raised here (and named so by callers)
 from .errors import TaskResultMissing as TaskResultMissing
 from .events import (
@@ -34,7 +34,7 @@ from .events import (
     VerifyEvent,
 )
 from .keys import database_dest
-from .lambda_support import database_url, one_line, secret_url
+from .lambda_support import database_url, secret_url
 from .settings import Settings
 from .store import open_store, split_uri
 

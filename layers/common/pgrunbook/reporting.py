@@ -22,8 +22,9 @@ from typing import Any
 
 from . import aws
 from .approval.service import approval_summary
+from .errors import one_line
 from .keys import restore_report_key
-from .lambda_support import describe_failure, described_error, one_line
+from .lambda_support import describe_failure, described_error
 from .settings import Settings
 from .store import open_store
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..dburl import mask_secrets
-from ..errors import Interrupted, PgrunbookError
+from ..errors import Interrupted, PgrunbookError, error_line
 from ..logs import setup_cli_logging
 
 # Each module registers its subcommands with `register(subparsers)` and imports the core
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with stop_signals():
             return int(args.handler(args, settings) or 0)
     except PgrunbookError as exc:
-        print(f"pgrunbook: error: {mask_secrets(str(exc))}", file=sys.stderr)  # noqa: T201
+        print(f"pgrunbook: error: {error_line(exc)}", file=sys.stderr)  # noqa: T201
         return exc.exit_code
     except Interrupted as exc:
         detail = exc.detail or "its pg tools were stopped and its partial output removed"
@@ -83,8 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug or an unmapped failure: still one line, and -v shows the trace
         if args.verbose:
             raise
-        first_line = mask_secrets(str(exc)).splitlines()[0] if str(exc) else ""
-        print(f"pgrunbook: error: {type(exc).__name__}: {first_line} (run with -v for details)",  # noqa: T201
+        print(f"pgrunbook: error: {type(exc).__name__}: {error_line(exc)} (run with -v for details)",  # noqa: T201
               file=sys.stderr)
         return 1
 
