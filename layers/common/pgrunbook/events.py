@@ -201,6 +201,7 @@ class VerifyEvent:
     database: str | None = None
     app_url: str | None = None
     checks: tuple[str, ...] = ()  # "GET:/health:200"
+    jobs: int | None = None  # tables counted at once (default: pgrunbook.verify.default_jobs())
 
     @classmethod
     def parse(cls, event: Any) -> VerifyEvent:
@@ -210,7 +211,8 @@ class VerifyEvent:
                    target=TargetRef.parse(d.get("target"), "verify event: target"),
                    database=_get(d, "database", str, "verify event", default=None),
                    app_url=_get(d, "app_url", str, "verify event", default=None),
-                   checks=tuple(str(c) for c in checks))
+                   checks=tuple(str(c) for c in checks),
+                   jobs=_get(d, "jobs", int, "verify event", default=None))
 
 
 @dataclass(frozen=True)

@@ -270,7 +270,7 @@ def verify(ev: VerifyEvent, settings: Settings) -> dict[str, Any]:
 
     report = run_verify(VerifyOptions(database_url=target_url(ev.target, settings), manifest=ev.backup,
                                       app_url=ev.app_url,
-                                      checks=tuple(HttpCheck.parse(c) for c in ev.checks)), settings)
+                                      checks=tuple(HttpCheck.parse(c) for c in ev.checks), jobs=ev.jobs), settings)
     out = report.to_dict()
     passed = len(report.checks) - len(report.failures)
     # one line (a failed verification's cause in the state machine): the counts and what failed

@@ -11,21 +11,46 @@ Checks (each with expected, actual and a verdict):
   checks `METHOD:PATH:STATUS`, and an optional sign-in request whose credentials come from the
   settings (Settings.smoke: SMOKE_SIGNIN_BODY as JSON, or SMOKE_EMAIL + SMOKE_PASSWORD).
 `ok` only when every check passes.
+
+Counting at scale (the manifest's tables):
+- Assumes nothing writes to the copy while it is verified (a restored copy before it is put to use):
+  each count runs in its own autocommit transaction on one of `jobs` connections, so the counts are
+  of what is committed when each table is read, not of one snapshot. The connections are read-only
+  (default_transaction_read_only); the first read of a freshly restored table still sets hint bits
+  (the server writes those pages back), as the app's first read would.
+- Up to `jobs` connections (VerifyOptions.jobs, default `default_jobs()`: the CPU count, at most 4,
+  at least 1; never more than there are tables) count one table each at a time, largest table first
+  (pg_relation_size of its main fork) so the longest count does not start last. Each connection keeps
+  the server's own max_parallel_workers_per_gather: the server's max_parallel_workers bounds the
+  parallel workers of all of them together, and a lone large table at the end still gets them.
+- Every table is counted with count(*), whatever its size: no cheaper signal is exact.
+  pg_class.reltuples and pg_stat_user_tables.n_live_tup are estimates (ANALYZE samples, statistics
+  that lag or are lost); an index-only count IS count(*) (the planner already picks it where the
+  visibility map makes it cheaper, e.g. after VACUUM; a fresh restore's map is empty), and
+  pg_relation_size says nothing about the number of rows.
+- Each row check carries its count's seconds; the report has the jobs, the counting time and the
+  slowest tables (text and JSON). `on_progress(done, total, table, seconds)` is called in the
+  calling thread once per counted table, `done` going 1, 2, ... total.
+- A failed count (a lost connection, a table gone) stops the other counts (no new table starts, the
+  running ones are cancelled, every connection is closed) and is ONE failed check "row counts" whose
+  detail is one line; the sequence and Prisma checks still run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
 
-from . import dbinfo
+from . import dbinfo, tablepool
 from .archive import ArchiveRef
 from .dburl import DatabaseUrl, mask_secrets
 from .errors import ManifestMissing, PgrunbookError, UsageError
@@ -35,6 +60,23 @@ from .settings import Settings
 
 RUNBOOK_TABLES = ("User", "Job", "SecurityEvent")
 DEFAULT_HTTP = ("GET:/health:200", "GET:/ready:200")
+MAX_DEFAULT_JOBS = 4  # counting is I/O bound: more connections than this rarely help and load the server
+SLOWEST_SHOWN = 5  # tables named in the text report's slowest line (the JSON lists SLOWEST_LISTED)
+SLOWEST_LISTED = 20
+
+ProgressCallback = Callable[[int, int, str, float], None]  # (tables_done, tables_total, table, seconds)
+
+
+def default_jobs() -> int:
+    """Connections that count at once when none is given: the CPU count, at most 4, at least 1."""
+    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_JOBS))
+
+
+class TableTime(NamedTuple):
+    table: str  # the report's key (manifest.key)
+    rows: int
+    bytes: int  # pg_relation_size when counted
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -65,10 +107,12 @@ class CheckResult:
     actual: str
     ok: bool
     detail: str = ""
+    seconds: float | None = None  # a row count's own time
 
     def to_dict(self) -> dict[str, Any]:
-        return {"check": self.name, "expected": self.expected, "actual": self.actual,
-                "verdict": "pass" if self.ok else "FAIL", "ok": self.ok, "detail": self.detail}
+        out = {"check": self.name, "expected": self.expected, "actual": self.actual,
+               "verdict": "pass" if self.ok else "FAIL", "ok": self.ok, "detail": self.detail}
+        return out if self.seconds is None else {**out, "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -77,6 +121,13 @@ class VerifyReport:
     manifest: str | None = None
     checks: list[CheckResult] = field(default_factory=list)
     seconds: float = 0.0
+    jobs: int = 0  # connections that counted rows (0: no table counted in parallel)
+    count_seconds: float = 0.0  # wall time of the row counts
+    table_times: list[TableTime] = field(default_factory=list)  # every counted table, slowest first
+
+    @property
+    def slowest(self) -> list[TableTime]:
+        return self.table_times[:SLOWEST_LISTED]
 
     @property
     def ok(self) -> bool:
@@ -86,16 +137,24 @@ class VerifyReport:
     def failures(self) -> list[CheckResult]:
         return [c for c in self.checks if not c.ok]
 
-    def add(self, name: str, expected: object, actual: object, ok: bool, detail: str = "") -> CheckResult:
-        check = CheckResult(name=name, expected=str(expected), actual=str(actual), ok=ok, detail=detail)
+    def add(self, name: str, expected: object, actual: object, ok: bool, detail: str = "",
+            seconds: float | None = None) -> CheckResult:
+        check = CheckResult(name=name, expected=str(expected), actual=str(actual), ok=ok, detail=detail,
+                            seconds=seconds)
         self.checks.append(check)
         return check
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "manifest": self.manifest, "ok": self.ok,
-                "verdict": "verified" if self.ok else "FAILED", "seconds": round(self.seconds, 3),
-                "checks": [c.to_dict() for c in self.checks],
-                "failures": [f"{c.name}: expected {c.expected}, actual {c.actual}" for c in self.failures]}
+        out: dict[str, Any] = {"target": self.target, "manifest": self.manifest, "ok": self.ok,
+               "verdict": "verified" if self.ok else "FAILED", "seconds": round(self.seconds, 3),
+               "checks": [c.to_dict() for c in self.checks],
+               "failures": [f"{c.name}: expected {c.expected}, actual {c.actual}" for c in self.failures]}
+        if self.jobs:
+            out["counts"] = {"tables": len(self.table_times), "jobs": self.jobs,
+                             "seconds": round(self.count_seconds, 3),
+                             "slowest": [{"table": t.table, "rows": t.rows, "bytes": t.bytes,
+                                          "seconds": round(t.seconds, 3)} for t in self.slowest]}
+        return out
 
     def text(self) -> str:
         head = f"{'VERIFIED' if self.ok else 'FAILED'}  {self.target}"
@@ -108,6 +167,11 @@ class VerifyReport:
         for c in self.checks:
             line = f"  {c.name:<{width}}  {c.expected:<{ew}}  {c.actual:<{aw}}  {'pass' if c.ok else 'FAIL'}"
             lines.append(line + (f"  ({c.detail})" if c.detail else ""))
+        if self.jobs:
+            slow = ", ".join(f"{t.table} {t.seconds:.2f}s" for t in self.table_times[:SLOWEST_SHOWN])
+            lines.append(f"row counts: {len(self.table_times)} tables in {self.count_seconds:.2f}s over "
+                         f"{self.jobs} connection{'s' if self.jobs != 1 else ''}"
+                         + (f"; slowest: {slow}" if slow else ""))
         lines.append(f"{len(self.checks) - len(self.failures)}/{len(self.checks)} checks passed in "
                      f"{self.seconds:.2f}s")
         return "\n".join(lines)
@@ -123,6 +187,8 @@ class VerifyOptions:
     sign_in: HttpCheck | None = None
     default_http: bool = True  # GET /health and /ready when app_url is given
     http_timeout: float = 10.0
+    jobs: int | None = None  # connections counting rows at once (default: default_jobs())
+    on_progress: ProgressCallback | None = None  # (tables_done, tables_total, table, seconds) per counted table
 
 
 def _load_manifest(opts: VerifyOptions) -> tuple[Manifest | None, str | None]:
@@ -137,7 +203,65 @@ def _load_manifest(opts: VerifyOptions) -> tuple[Manifest | None, str | None]:
     return manifest, ref.uri + ".manifest.json"
 
 
-def _db_checks(report: VerifyReport, url: DatabaseUrl, manifest: Manifest | None) -> None:
+class _CountsFailed(Exception):
+    """A row count failed (its message is one line); the other counts were stopped."""
+
+
+def _count(conn: psycopg.Connection[Any], table: dbinfo.TableRef) -> int:
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table.schema, table.name))).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _read_only(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET default_transaction_read_only = on")
+
+
+def count_rows(report: VerifyReport, conn: psycopg.Connection[Any], url: DatabaseUrl,
+               tables: list[dbinfo.TableRef], key: Callable[[dbinfo.TableRef], str], jobs: int,
+               on_progress: ProgressCallback | None = None) -> dict[dbinfo.TableRef, tuple[int, float]]:
+    """Exact count(*) of `tables` over up to `jobs` connections of their own, largest table first
+    (sizes read on `conn`); records jobs, time and per-table times in `report`.
+    {table: (rows, seconds)}; raises _CountsFailed (one line) when any count fails."""
+    rows = conn.execute("SELECT c.oid::bigint, pg_relation_size(c.oid) FROM pg_class c WHERE c.oid = ANY(%s)",
+                        ([t.oid for t in tables],)).fetchall()
+    size = {int(oid): int(n or 0) for oid, n in rows}
+    order = sorted(tables, key=lambda t: (-size.get(t.oid, 0), t.schema, t.name))
+    report.jobs = max(1, min(jobs, len(order)))
+
+    def done(n: int, total: int, table: dbinfo.TableRef, _rows: int, seconds: float) -> None:
+        if on_progress is not None:
+            on_progress(n, total, key(table), seconds)
+
+    t0 = time.monotonic()
+
+    def work(c: psycopg.Connection[Any], table: dbinfo.TableRef) -> int:
+        try:
+            return _count(c, table)
+        except psycopg.Error as exc:
+            raise _CountsFailed(f"counting {key(table)}: {_first_line(exc)}") from None
+
+    try:
+        finished = tablepool.each_on_own_connection(url, order, jobs, work, application="pgrunbook-verify",
+                                                    setup=_read_only, on_done=done)
+    except _CountsFailed:
+        raise
+    except psycopg.Error as exc:  # setting up a worker's connection
+        raise _CountsFailed(f"counting rows: {_first_line(exc)}") from None
+    except PgrunbookError as exc:  # a worker could not connect (the message is one line already)
+        raise _CountsFailed(f"counting rows: {exc}") from None
+    finally:
+        report.count_seconds = time.monotonic() - t0
+    report.table_times = sorted((TableTime(key(t), n, size.get(t.oid, 0), sec) for t, n, sec in finished),
+                                key=lambda x: (-x.seconds, x.table))
+    return {t: (n, sec) for t, n, sec in finished}
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return mask_secrets(lines[0] if lines else type(exc).__name__)
+
+
+def _db_checks(report: VerifyReport, url: DatabaseUrl, manifest: Manifest | None, opts: VerifyOptions) -> None:
     try:
         conn = dbinfo.connect(url, autocommit=True, application="pgrunbook-verify")
     except PgrunbookError as exc:
@@ -152,18 +276,27 @@ def _db_checks(report: VerifyReport, url: DatabaseUrl, manifest: Manifest | None
             report.add("restore mark", "none", "none" if mark is None else mark[:120], mark is None,
                        "" if mark is None else "the restore into this database did not finish")
             if manifest is not None:
-                _manifest_checks(report, conn, manifest)
+                _manifest_checks(report, conn, manifest, url, opts)
             else:
                 _runbook_checks(report, conn)
             _prisma_checks(report, conn, manifest)
         except psycopg.Error as exc:
-            report.add("database query", "answers", "error", False, mask_secrets(str(exc).strip().splitlines()[0]))
+            report.add("database query", "answers", "error", False, _first_line(exc))
 
 
-def _manifest_checks(report: VerifyReport, conn: psycopg.Connection[Any], manifest: Manifest) -> None:
+def _manifest_checks(report: VerifyReport, conn: psycopg.Connection[Any], manifest: Manifest, url: DatabaseUrl,
+                     opts: VerifyOptions) -> None:
     # both sides keyed by manifest.key(schema, name): unambiguous names (version 2), the old text (version 1)
     expected = manifest.tables
-    counted = dbinfo.exact_counts(conn, dbinfo.user_tables(conn))
+    try:
+        timed = count_rows(report, conn, url, dbinfo.user_tables(conn), lambda t: manifest.key(t.schema, t.name),
+                           opts.jobs or default_jobs(), opts.on_progress)
+    except _CountsFailed as exc:
+        report.add("row counts", f"{len(expected)} tables counted", "error", False, str(exc))
+        _sequence_checks(report, conn, manifest)
+        return
+    counted = {t: n for t, (n, _) in timed.items()}
+    seconds = {manifest.key(t.schema, t.name): sec for t, (_, sec) in timed.items()}
     actual = {manifest.key(t.schema, t.name): count for t, count in counted.items()}
     if len(actual) < len(counted):  # version 1 keys: "s.x".y and s."x.y" both read "s.x.y"
         keys = [manifest.key(t.schema, t.name) for t in counted]
@@ -178,9 +311,14 @@ def _manifest_checks(report: VerifyReport, conn: psycopg.Connection[Any], manife
         else:
             report.add(f"rows {table}", expected[table], actual[table], actual[table] == expected[table],
                        "" if actual[table] == expected[table] else
-                       f"{table}: expected {expected[table]} rows, found {actual[table]}")
+                       f"{table}: expected {expected[table]} rows, found {actual[table]}", seconds.get(table))
     for table in sorted(set(actual) - set(expected)):
-        report.add(f"rows {table}", "no such table", actual[table], False, "a table the backup did not have")
+        report.add(f"rows {table}", "no such table", actual[table], False, "a table the backup did not have",
+                   seconds.get(table))
+    _sequence_checks(report, conn, manifest)
+
+
+def _sequence_checks(report: VerifyReport, conn: psycopg.Connection[Any], manifest: Manifest) -> None:
     seqs = {manifest.key(schema, name): value for (schema, name), value in dbinfo.sequences(conn).items()}
     for name, value in sorted(manifest.sequences.items()):
         if name not in seqs:
@@ -268,7 +406,11 @@ def http_check(app_url: str, check: HttpCheck, timeout: float, name: str | None 
 
 
 def run_verify(opts: VerifyOptions, settings: Settings) -> VerifyReport:
-    """Verify a database (and optionally an app pointed at it); never raises for a failed check."""
+    """Verify a database (and optionally an app pointed at it); never raises for a failed check.
+    Row counts run over `opts.jobs` connections (see the module docstring), `opts.on_progress`
+    called after each table."""
+    if opts.jobs is not None and opts.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, not {opts.jobs}")
     url = DatabaseUrl.parse(opts.database_url or settings.new_database_url or settings.database_url,
                             what="database URL to verify (--database-url, NEW_DATABASE_URL or DATABASE_URL)")
     manifest, manifest_uri = _load_manifest(opts)
@@ -286,7 +428,7 @@ def run_verify(opts: VerifyOptions, settings: Settings) -> VerifyReport:
 
     t0 = time.monotonic()
     report = VerifyReport(target=url.display(), manifest=manifest_uri)
-    _db_checks(report, url, manifest)
+    _db_checks(report, url, manifest, opts)
     if opts.app_url:
         for check in checks:
             report.checks.append(http_check(opts.app_url, check, opts.http_timeout))

@@ -51,6 +51,10 @@ def register(sub: Any) -> None:
                    help="a sign-in request with a JSON body from the environment, e.g. POST:/api/auth/login:200")
     v.add_argument("--no-default-checks", action="store_true", help="do not add GET /health and GET /ready")
     v.add_argument("--http-timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)")
+    v.add_argument("--jobs", type=int, metavar="N",
+                   help="tables counted at once, each on its own connection, largest first (default: the CPU count, "
+                        "at most 4); counts are exact count(*) of what is committed, so nothing should write to "
+                        "the copy while it is verified")
     add_json(v)
     v.set_defaults(handler=cmd_verify)
 
@@ -78,7 +82,8 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     report = run_verify(VerifyOptions(database_url=args.database_url, manifest=args.manifest, app_url=args.app_url,
                                       checks=tuple(HttpCheck.parse(c) for c in args.check),
                                       sign_in=HttpCheck.parse(args.sign_in) if args.sign_in else None,
-                                      default_http=not args.no_default_checks, http_timeout=args.http_timeout),
+                                      default_http=not args.no_default_checks, http_timeout=args.http_timeout,
+                                      jobs=args.jobs),
                         settings)
     emit(args, report.to_dict(), report.text)
     return 0 if report.ok else 1
