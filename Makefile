@@ -16,7 +16,8 @@ help:
 	@echo "make test   - run the test suite"
 	@echo "make unit   - the unit tests only: no PostgreSQL, no network, under 30 s"
 	@echo "make lint   - ruff, mypy and the template/state-machine checks"
-	@echo "make bench  - benchmarks against the runbook's own commands (builds a ~1.2 GB database)"
+	@echo "make bench  - benchmarks against the runbook's own commands (builds a ~1.25 GB database;"
+	@echo "              SCALE=small|medium|large MIX=events|md5|wide|all REPS=N)"
 	@echo "make setup  - create $(VENV) and install everything"
 
 setup: $(STAMP)
@@ -74,8 +75,9 @@ sam-build: setup $(SAM_VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(SAM_VENV)/bin/sam build
 	$(PY) layers/pgtools/check_layer.py .aws-sam/build/PgToolsLayer --zip .aws-sam/pgtools-layer.zip
 
+# make bench [SCALE=small|medium|large] [MIX=events|md5|wide|all] [REPS=N] (make cannot take --scale itself)
 bench: setup
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(if $(SCALE),--scale $(SCALE)) $(if $(MIX),--mix $(MIX)) $(if $(REPS),--reps $(REPS))
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

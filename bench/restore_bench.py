@@ -105,10 +105,21 @@ def _pgrunbook_restore(db: datagen.BenchDb, archive: str, target_url: str, *extr
     return seconds, json.loads(proc.stdout)
 
 
-def run_existing(db: datagen.BenchDb, archive: str) -> tuple[float, dict[str, Any]]:
+def run_existing(db: datagen.BenchDb, archive: str, *, verify: bool = False) -> tuple[float, dict[str, Any]]:
+    """`pgrunbook restore` into a new database on the benchmark server; with `verify`, then
+    `pgrunbook verify` of that copy against the archive's manifest (timed apart: `verify_seconds`)."""
     url = _fresh_db(db, "bench_restore_ours")
     try:
-        return _pgrunbook_restore(db, archive, url)
+        seconds, out = _pgrunbook_restore(db, archive, url)
+        if verify:
+            t0 = time.perf_counter()
+            proc = subprocess.run([*_pgrunbook(), "-q", "verify", "--database-url", url, "--manifest", archive,
+                                   "--json"], env=_env(db), capture_output=True, text=True)
+            out["verify_seconds"] = round(time.perf_counter() - t0, 3)
+            out["verify_exit"] = proc.returncode
+            if proc.returncode != 0:
+                raise RuntimeError(f"pgrunbook verify failed: {(proc.stdout + proc.stderr)[-2000:]}")
+        return seconds, out
     finally:
         _drop_db(db, "bench_restore_ours")
 
@@ -179,11 +190,14 @@ def breakdown(db: datagen.BenchDb, archive: str, work: Path, jobs: int = 2) -> d
     return parts
 
 
-def bench_restore(*, db: datagen.BenchDb, reps: int, scale: str, work: Path) -> dict[str, Any]:
+def bench_restore(*, db: datagen.BenchDb, reps: int, scale: str, work: Path, fresh: bool = True) -> dict[str, Any]:
     root = work / "restore"
     print("restore: preparing the runbook's .sql.gz and a pgrunbook archive (not timed)", flush=True)
     sql_gz, archive, backup = prepare(db, root)
+    sql_gz_bytes = sql_gz.stat().st_size
     samples: dict[str, list[float]] = {"baseline": [], "existing": [], "fresh": []}
+    if not fresh:
+        del samples["fresh"]
     details: dict[str, list[dict[str, Any]]] = {"existing": [], "fresh": []}
     names = list(samples)
     for rep in range(reps):
@@ -193,7 +207,7 @@ def bench_restore(*, db: datagen.BenchDb, reps: int, scale: str, work: Path) -> 
             if name == "baseline":
                 seconds = run_baseline(db, sql_gz)
             elif name == "existing":
-                seconds, out = run_existing(db, archive)
+                seconds, out = run_existing(db, archive, verify=not details[name])
                 details[name].append(out)
             else:
                 seconds, out = run_fresh(db, archive, root)
@@ -205,9 +219,11 @@ def bench_restore(*, db: datagen.BenchDb, reps: int, scale: str, work: Path) -> 
         db.psql("CHECKPOINT", dbname="postgres")
         parts = breakdown(db, archive, root)
         print(f"  breakdown (existing server): {parts}", flush=True)
-    db.psql("CHECKPOINT", dbname="postgres")
-    drill = run_drill(db, archive, root)
-    print(f"  drill {drill['seconds']:.2f}s verified={drill['verified']}", flush=True)
+    drill = None
+    if fresh:
+        db.psql("CHECKPOINT", dbname="postgres")
+        drill = run_drill(db, archive, root)
+        print(f"  drill {drill['seconds']:.2f}s verified={drill['verified']}", flush=True)
     shutil.rmtree(root, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in samples.items()}
@@ -217,11 +233,8 @@ def bench_restore(*, db: datagen.BenchDb, reps: int, scale: str, work: Path) -> 
                                        for s, d in zip(samples["existing"], details["existing"], strict=True)])
     existing_ratio = med["baseline"] / existing_load
     existing_ratio_all = med["baseline"] / med["existing"]
-    fresh_ratio = med["baseline"] / med["fresh"]
-    fresh_all = statistics.median([s + float(d["reset_analyze_seconds"])
-                                   for s, d in zip(samples["fresh"], details["fresh"], strict=True)])
-    last_fresh = details["fresh"][-1]
     last_existing = details["existing"][-1]
+    verify_s = details["existing"][0].get("verify_seconds")
     table = [
         {"name": "gunzip -c x.sql.gz | psql (runbook)", "value": f"{med['baseline']:.2f} s"},
         {"name": f"pgrunbook restore, existing server ({backup['format']})", "value": f"{med['existing']:.2f} s"},
@@ -229,66 +242,220 @@ def bench_restore(*, db: datagen.BenchDb, reps: int, scale: str, work: Path) -> 
          "value": f"{last_existing['restore_seconds']:.2f}/{last_existing['analyze_seconds']:.2f} s"},
         {"name": "ratio, new database on existing server", "value": f"{existing_ratio:.2f}x",
          "target": ">= 1.4x", "ok": existing_ratio >= TARGETS["existing_ratio"]},
+        {"name": "  per-repetition pairs (median)", "value": f"{_paired(samples, details):.2f}x"},
         {"name": "  the same including ANALYZE", "value": f"{existing_ratio_all:.2f}x"},
-        {"name": "pgrunbook restore, fresh local-instance", "value": f"{med['fresh']:.2f} s"},
-        {"name": "  provision / reset+ANALYZE (not in ratio)",
-         "value": f"{last_fresh['provision_seconds']:.2f}/{last_fresh['reset_analyze_seconds']:.2f} s"},
-        {"name": "ratio, fresh restore-tuned target", "value": f"{fresh_ratio:.2f}x",
-         "target": ">= 1.7x", "ok": fresh_ratio >= TARGETS["fresh_ratio"]},
-        {"name": "  the same including reset + ANALYZE", "value": f"{med['baseline'] / fresh_all:.2f}x"},
-        {"name": "drill (local-instance, end to end)", "value": f"{drill['seconds']:.2f} s",
-         "target": "verified", "ok": bool(drill["verified"])},
-        {"name": "drill seconds per GB", "value": f"{drill['seconds_per_gb']} s/GB"},
+        {"name": "pgrunbook verify of the restored copy", "value": f"{verify_s:.2f} s"},
     ]
-    return {
+    result: dict[str, Any] = {
         "scale": scale, "archive_format": backup["format"], "archive_bytes": backup["bytes"],
-        "sql_gz_bytes": sql_gz.stat().st_size if sql_gz.exists() else None,
+        "sql_gz_bytes": sql_gz_bytes,
         "baseline_seconds": [round(s, 3) for s in samples["baseline"]],
         "existing_seconds": [round(s, 3) for s in samples["existing"]],
-        "fresh_seconds": [round(s, 3) for s in samples["fresh"]],
         "baseline_median_s": round(med["baseline"], 3), "existing_median_s": round(med["existing"], 3),
-        "fresh_median_s": round(med["fresh"], 3),
-        "existing_ratio": round(existing_ratio, 2), "fresh_ratio": round(fresh_ratio, 2),
-        "existing_ratio_with_analyze": round(existing_ratio_all, 2),
-        "fresh_ratio_with_reset_analyze": round(med["baseline"] / fresh_all, 2),
-        "existing_last": last_existing, "fresh_last": last_fresh, "drill": drill, "breakdown": parts,
-        "table": table,
+        "existing_ratio": round(existing_ratio, 2), "existing_ratio_paired": round(_paired(samples, details), 2),
+        "existing_ratio_with_analyze": round(existing_ratio_all, 2), "verify_seconds": verify_s,
+        "existing_last": last_existing, "breakdown": parts, "table": table,
     }
+    if fresh and drill is not None:
+        fresh_ratio = med["baseline"] / med["fresh"]
+        fresh_all = statistics.median([s + float(d["reset_analyze_seconds"])
+                                       for s, d in zip(samples["fresh"], details["fresh"], strict=True)])
+        last_fresh = details["fresh"][-1]
+        table += [
+            {"name": "pgrunbook restore, fresh local-instance", "value": f"{med['fresh']:.2f} s"},
+            {"name": "  provision / reset+ANALYZE (not in ratio)",
+             "value": f"{last_fresh['provision_seconds']:.2f}/{last_fresh['reset_analyze_seconds']:.2f} s"},
+            {"name": "ratio, fresh restore-tuned target", "value": f"{fresh_ratio:.2f}x",
+             "target": ">= 1.7x", "ok": fresh_ratio >= TARGETS["fresh_ratio"]},
+            {"name": "  the same including reset + ANALYZE", "value": f"{med['baseline'] / fresh_all:.2f}x"},
+            {"name": "drill (local-instance, end to end)", "value": f"{drill['seconds']:.2f} s",
+             "target": "verified", "ok": bool(drill["verified"])},
+            {"name": "drill seconds per GB", "value": f"{drill['seconds_per_gb']} s/GB"},
+        ]
+        result.update({
+            "fresh_seconds": [round(s, 3) for s in samples["fresh"]], "fresh_median_s": round(med["fresh"], 3),
+            "fresh_ratio": round(fresh_ratio, 2),
+            "fresh_ratio_with_reset_analyze": round(med["baseline"] / fresh_all, 2),
+            "fresh_last": last_fresh, "drill": drill,
+        })
+    return result
 
 
-def _attach_or_start(scale: str) -> tuple[datagen.BenchDb, bool]:
+def _paired(samples: dict[str, list[float]], details: dict[str, list[dict[str, Any]]]) -> float:
+    """Median of each repetition's own baseline / (existing without ANALYZE) pair."""
+    return statistics.median([b / (e - float(d["analyze_seconds"])) for b, e, d in
+                              zip(samples["baseline"], samples["existing"], details["existing"], strict=True)])
+
+
+# --------------------------------------------------------------------------- tuning (`--tune`)
+# Variants of the pg_restore run itself, on top of the package's own session settings (RESTORE_SESSION);
+# each is a (jobs, session) pair. Only settings a non-superuser can set in its own session.
+VARIANTS: dict[str, tuple[int, dict[str, str]]] = {
+    "j2": (2, {}),
+    "j2-pmw0": (2, {"max_parallel_maintenance_workers": "0"}),
+    "j3": (3, {}),
+    "j4": (4, {}),
+    "j2-lz4": (2, {"default_toast_compression": "lz4"}),
+    "j2-mwm128": (2, {"maintenance_work_mem": "128MB"}),
+}
+
+
+def _extract(archive: str, folder: Path) -> str:
+    import tarfile
+
+    if not archive.endswith(".tar"):
+        return archive
+    shutil.rmtree(folder, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")
+    return str(folder)
+
+
+def _server_stats(db: datagen.BenchDb) -> tuple[int, int]:
+    """(WAL position in bytes, checkpoints so far: timed + requested) of the benchmark server."""
+    out = db.psql("SELECT pg_current_wal_lsn() - '0/0', num_timed + num_requested FROM pg_stat_checkpointer",
+                  dbname="postgres")
+    wal, ckpt = out.split("|")
+    return int(float(wal)), int(ckpt)
+
+
+def run_variant(db: datagen.BenchDb, source: str, jobs: int, session: dict[str, str],
+                trace: bool = False) -> dict[str, Any]:
+    """pg_restore -j `jobs` of an extracted archive into a new database with RESTORE_SESSION + `session`;
+    with `trace`, --verbose and each stderr line's time (per-item durations from launching/finished)."""
+    import re
+
+    from pgrunbook.dburl import DatabaseUrl
+    from pgrunbook.restore import RESTORE_SESSION
+
+    url = _fresh_db(db, "bench_restore_var")
+    env = _env(db)
+    env["PGOPTIONS"] = " ".join(f"-c {k}={v}" for k, v in {**RESTORE_SESSION, **session}.items())
+    argv = [str(db.bin_dir / "pg_restore"), f"--dbname={DatabaseUrl.parse(url).conninfo()}", "--exit-on-error",
+            f"--jobs={jobs}", *(["--verbose"] if trace else []), source]
+    wal0, ck0 = _server_stats(db)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines: list[tuple[float, str]] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        lines.append((time.perf_counter() - t0, line.rstrip()))
+    rc = proc.wait()
+    seconds = time.perf_counter() - t0
+    wal1, ck1 = _server_stats(db)
+    _drop_db(db, "bench_restore_var")
+    if rc != 0:
+        raise RuntimeError(f"pg_restore failed: {lines[-5:]}")
+    out: dict[str, Any] = {"seconds": round(seconds, 3), "wal_mb": round((wal1 - wal0) / 1e6), "checkpoints": ck1 - ck0}
+    if trace:
+        started: dict[str, float] = {}
+        items: list[tuple[float, str]] = []
+        first_parallel = None
+        for at, text in lines:
+            m = re.search(r"(launching|finished) item (\d+) (.+)$", text)
+            if not m:
+                continue
+            if m.group(1) == "launching":
+                started[m.group(2)] = at
+                first_parallel = at if first_parallel is None else first_parallel
+            elif m.group(2) in started:
+                items.append((at - started.pop(m.group(2)), m.group(3)))
+        kinds: dict[str, float] = {}
+        for dur, what in items:
+            kind = re.sub(r" (public|pg_catalog) .*$", "", what)
+            kinds[kind] = round(kinds.get(kind, 0.0) + dur, 2)
+        out["serial_pre_data_s"] = round(first_parallel or 0.0, 2)
+        out["item_seconds_by_kind"] = kinds
+        out["slowest_items"] = [(round(d, 2), w) for d, w in sorted(items, reverse=True)[:8]]
+    return out
+
+
+def tune(db: datagen.BenchDb, reps: int, variants: list[str], work: Path) -> dict[str, Any]:
+    """Alternate the runbook's restore and pg_restore variants (each after a CHECKPOINT), then one traced
+    run per variant: the evidence for the settings in pgtools.PgRestore / restore.RESTORE_SESSION."""
+    root = work / "tune"
+    sql_gz, archive, _backup = prepare(db, root)
+    source = _extract(archive, root / "extracted")
+    names = ["baseline", "pgrunbook", *variants]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    extra: dict[str, list[dict[str, Any]]] = {n: [] for n in variants}
+    for rep in range(reps):
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for name in order:
+            db.psql("CHECKPOINT", dbname="postgres")
+            if name == "baseline":
+                seconds = run_baseline(db, sql_gz)
+            elif name == "pgrunbook":
+                total, out = run_existing(db, archive)
+                seconds = total - float(out["analyze_seconds"])
+            else:
+                jobs, session = VARIANTS[name]
+                res = run_variant(db, source, jobs, session)
+                extra[name].append(res)
+                seconds = res["seconds"]
+            times[name].append(seconds)
+            print(f"  tune rep {rep + 1}/{reps} {name:<10} {seconds:7.2f}s  load {os.getloadavg()[0]:.2f}"
+                  + (f"  wal {extra[name][-1]['wal_mb']} MB ckpt {extra[name][-1]['checkpoints']}"
+                     if name in extra else ""), flush=True)
+    traces = {}
+    for name in variants:
+        db.psql("CHECKPOINT", dbname="postgres")
+        jobs, session = VARIANTS[name]
+        traces[name] = run_variant(db, source, jobs, session, trace=True)
+        print(f"  trace {name}: {json.dumps(traces[name])}", flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    paired = {n: round(statistics.median([b / x for b, x in zip(times["baseline"], times[n], strict=True)]), 2)
+              for n in names if n != "baseline"}
+    return {"seconds": {n: [round(x, 2) for x in v] for n, v in times.items()},
+            "median": {n: round(v, 2) for n, v in med.items()}, "ratio_paired": paired, "traces": traces}
+
+
+def _attach_or_start(scale: str, mix: str = "events") -> tuple[datagen.BenchDb, bool]:
     """The benchmark server: attach to it when already running (never stop someone else's), else start it."""
     from pgrunbook.pgserver import LocalServer
 
-    data_dir = datagen.DATA_ROOT / scale / "pgdata"
-    marker = datagen.DATA_ROOT / scale / "ready.json"
+    spec = datagen.scale_for(scale, mix)
+    data_dir = datagen.DATA_ROOT / spec.name / "pgdata"
+    marker = datagen.DATA_ROOT / spec.name / "ready.json"
     pidfile = data_dir / "postmaster.pid"
     if pidfile.exists() and marker.exists():
         try:
             port = int(pidfile.read_text().splitlines()[3])
             server = LocalServer(data_dir=data_dir, port=port, password=json.loads(marker.read_text())["password"])
-            db = datagen.BenchDb(server=server, scale=datagen.SCALES[scale])
+            db = datagen.BenchDb(server=server, scale=spec)
             db.psql("SELECT 1")
             print(f"restore bench: attached to the running benchmark server on port {port}", flush=True)
             return db, False
         except (OSError, ValueError, IndexError, RuntimeError):
             pass
-    return datagen.ensure(scale), True
+    return datagen.ensure(scale, mix=mix), True
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", choices=sorted(datagen.SCALES), default=os.environ.get("BENCH_SCALE", "full"))
-    parser.add_argument("--reps", type=int, default=None, help="repetitions (default: 3 full, 1 small)")
+    parser.add_argument("--scale", choices=datagen.SCALE_CHOICES, default=os.environ.get("BENCH_SCALE") or "medium")
+    parser.add_argument("--mix", choices=datagen.MIXES, default=os.environ.get("BENCH_MIX") or "events")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default: 3 medium, 1 otherwise)")
     parser.add_argument("--breakdown", action="store_true", help="also time pg_restore section by section")
+    parser.add_argument("--no-fresh", action="store_true", help="skip the fresh local-instance runs and the drill")
+    parser.add_argument("--tune", nargs="*", metavar="VARIANT", default=None,
+                        help=f"alternate pg_restore variants against the runbook instead ({', '.join(VARIANTS)})")
     args = parser.parse_args()
     if args.breakdown:
         os.environ["BENCH_RESTORE_BREAKDOWN"] = "1"
-    reps = args.reps or (3 if args.scale == "full" else 1)
-    db, started = _attach_or_start(args.scale)
-    work = HERE / ".data" / "restore-work"
+    reps = args.reps or (3 if datagen.ALIASES.get(args.scale, args.scale) == "medium" else 1)
+    db, started = _attach_or_start(args.scale, args.mix)
+    work = HERE / ".data" / f"restore-work-{os.getpid()}"
     try:
-        result = bench_restore(db=db, reps=reps, scale=args.scale, work=work)
+        if args.tune is not None:
+            unknown = [v for v in args.tune if v not in VARIANTS]
+            if unknown:
+                parser.error(f"unknown variants: {', '.join(unknown)}")
+            out = tune(db, reps, args.tune or list(VARIANTS), work)
+            print(json.dumps({"scale": args.scale, "mix": args.mix, "load": os.getloadavg(), **out}, sort_keys=True))
+            return 0
+        result = bench_restore(db=db, reps=reps, scale=args.scale, work=work, fresh=not args.no_fresh)
     finally:
         if started:
             db.stop()

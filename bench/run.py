@@ -1,20 +1,25 @@
-"""`make bench`: pgrunbook's backup against the runbook's own `pg_dump | gzip`, same run, same data.
+"""`make bench`: pgrunbook's backup and restore against the runbook's own commands, same run, same data.
 
-    .venv/bin/python bench/run.py [--scale full|small] [--reps N] [--no-restore]
+    .venv/bin/python bench/run.py [--scale small|medium|large] [--mix events|md5|wide|all] [--reps N]
+                                  [--restore-reps N] [--no-restore] [--no-backup] [--no-s3] [--no-fresh]
+    make bench [SCALE=small|medium|large] [MIX=events|md5|wide|all] [REPS=N]
 
-Starts the benchmark server (bench/datagen.py generates the database on the first run and
-keeps it under bench/.data/), then for each repetition, after a CHECKPOINT and in
-alternating order:
+Sizes and mixes are bench/datagen.py's (`full` = `medium`, the default; each database is generated
+once and kept under bench/.data/). For each mix, on that mix's server, after a CHECKPOINT and in
+alternating order per repetition:
 
 - baseline:   `pg_dump "$URL" | gzip > file.sql.gz` (the runbook's command, a shell pipeline)
 - pgrunbook:  `pgrunbook backup --to <folder> --json` (the CLI as a user runs it)
 - nocount:    the same CLI with the exact row counting replaced by zeros (benchmark-only, to
               measure what counting adds; nothing in the package changes)
 
-then one more pgrunbook run sampled every 20 ms with psutil for the peak RSS of its whole
-process tree (python + pg_dump workers). Medians are reported; ratios are baseline/pgrunbook.
-Prints a table and one JSON line, also saved to bench/results/. `--scale small` (or
-BENCH_SCALE=small) uses a tiny database for a quick check of the benchmark itself.
+then pgrunbook runs sampled every 20 ms with psutil for the peak RSS of its own process tree
+(python + pg_dump workers): to a folder, and to S3 on a local moto server (a separate process,
+not counted). Then the restore benchmark (bench/restore_bench.py: `gunzip | psql` against
+`pgrunbook restore` into a new database on the same server, the verify of that copy against the
+manifest, a fresh restore-tuned instance and the drill). Medians are reported; ratios are
+baseline/pgrunbook; s/GB is per GB of `pg_database_size`. Prints a table per mix and one JSON line
+for the whole run (with its wall time), also saved to bench/results/.
 """
 
 from __future__ import annotations
@@ -95,16 +100,20 @@ def run_baseline_backup(db: datagen.BenchDb, out_dir: Path) -> Sample:
     return Sample(seconds=seconds, bytes=out.stat().st_size)
 
 
-def _backup_argv(db: datagen.BenchDb, out_dir: Path) -> list[str]:
-    return ["-q", "backup", "--database-url", db.url, "--to", str(out_dir), "--json"]
+def _backup_argv(db: datagen.BenchDb, dest: str) -> list[str]:
+    return ["-q", "backup", "--database-url", db.url, "--to", dest, "--json"]
 
 
 def run_pgrunbook_backup(db: datagen.BenchDb, out_dir: Path, *, counting: bool = True,
-                         sample_rss: bool = False) -> Sample:
-    _clean(out_dir)
-    env = db.env()
-    argv = _pgrunbook_cmd() + _backup_argv(db, out_dir) if counting else \
-        [sys.executable, "-c", NOCOUNT_SHIM, *_backup_argv(db, out_dir)]
+                         sample_rss: bool = False, env: dict[str, str] | None = None,
+                         dest: str | None = None) -> Sample:
+    """`pgrunbook backup` to `out_dir` (emptied first) or to `dest` (an S3 URI, with `env`)."""
+    if dest is None:
+        _clean(out_dir)
+        dest = str(out_dir)
+    env = env or db.env()
+    argv = _pgrunbook_cmd() + _backup_argv(db, dest) if counting else \
+        [sys.executable, "-c", NOCOUNT_SHIM, *_backup_argv(db, dest)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak = [0]
@@ -172,6 +181,65 @@ def alternate(reps: int, runners: dict[str, Callable[[], Sample]], db: datagen.B
     return samples
 
 
+def _moto_server() -> tuple[subprocess.Popen[bytes], str]:
+    """A moto S3 server in its own process (its memory and CPU are not pgrunbook's)."""
+    from pgrunbook.pgserver import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", "import sys\nfrom moto.server import ThreadedMotoServer\n"
+                             f"s = ThreadedMotoServer(ip_address='127.0.0.1', port={port}, verbose=False)\n"
+                             "s.start()\nsys.stdin.read()\ns.stop()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1).close()
+            return proc, endpoint
+        except urllib.error.HTTPError:  # it answers
+            return proc, endpoint
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the moto server did not start") from None
+            time.sleep(0.1)
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def bench_s3_rss(db: datagen.BenchDb, runs: int = 1) -> dict[str, Any]:
+    """Peak RSS of `pgrunbook backup --to s3://...` against a local moto server, and its time."""
+    import boto3
+
+    proc, endpoint = _moto_server()
+    try:
+        env = {**db.env(), **S3_ENV, "AWS_ENDPOINT_URL": endpoint}
+        env.pop("AWS_PROFILE", None)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket="bench")  # noqa: S106 - moto
+        samples = []
+        for i in range(runs):
+            checkpoint(db)
+            samples.append(run_pgrunbook_backup(db, WORK / "s3-unused", sample_rss=True, env=env,
+                                                dest=f"s3://bench/run{i}"))
+        peak = max(int(s.extra["peak_rss_bytes"]) for s in samples)
+        return {"peak_rss_mb": round(peak / 1e6, 1), "seconds": [round(s.seconds, 3) for s in samples],
+                "bytes": samples[-1].bytes, "format": samples[-1].extra.get("format")}
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def bench_backup(db: datagen.BenchDb, reps: int) -> dict[str, Any]:
     base_dir, ours_dir, nocount_dir = WORK / "baseline", WORK / "pgrunbook", WORK / "nocount"
     # warm up once (page cache, the tools' first start), not measured
@@ -219,18 +287,11 @@ def bench_backup(db: datagen.BenchDb, reps: int) -> dict[str, Any]:
     }
 
 
-def bench_restore(db: datagen.BenchDb, reps: int, scale: str) -> dict[str, Any] | None:
-    """The restore benchmark (bench/restore_bench.py, when present)."""
-    path = HERE / "restore_bench.py"
-    if not path.exists():
-        return None
-    import importlib
+def bench_restore(db: datagen.BenchDb, reps: int, scale: str, *, fresh: bool = True) -> dict[str, Any]:
+    """The restore benchmark (bench/restore_bench.py)."""
+    import restore_bench
 
-    module = importlib.import_module("restore_bench")
-    runner = getattr(module, "bench_restore", None)
-    if runner is None:
-        return None
-    return runner(db=db, reps=reps, scale=scale, work=WORK)  # type: ignore[no-any-return]
+    return restore_bench.bench_restore(db=db, reps=reps, scale=scale, work=WORK, fresh=fresh)
 
 
 def _row(name: str, value: str, target: str, ok: bool | None) -> str:
@@ -238,20 +299,18 @@ def _row(name: str, value: str, target: str, ok: bool | None) -> str:
     return f"  {name:<52} {value:>14}   {target:<10} {mark}"
 
 
-def report(result: dict[str, Any]) -> str:
-    lines = [
-        f"pgrunbook benchmark ({result['scale']}, {result['cpus']} CPUs, load {result['load_before']} -> "
-        f"{result['load_after']}; medians of {result['reps'] if 'backup' in result else '-'} backup / "
-        f"{result.get('restore_reps', '-')} restore repetitions)",
-        f"  database {result['database_bytes'] / 1e9:.2f} GB",
-    ]
-    b = result.get("backup")
+def report_mix(mix: str, part: dict[str, Any]) -> str:
+    gb = part["database_bytes"] / 1e9
+    lines = [f"  {part['name']}: mix {mix}, database {gb:.2f} GB"]
+    b = part.get("backup")
     if b:
         lines += [
             "",
             "  backup",
             _row("pg_dump | gzip", f"{b['baseline_median_s']:.2f} s", "", None),
             _row(f"pgrunbook backup ({b['format']})", f"{b['pgrunbook_median_s']:.2f} s", "", None),
+            _row("  s/GB (pg_dump | gzip / pgrunbook)",
+                 f"{b['baseline_median_s'] / gb:.2f}/{b['pgrunbook_median_s'] / gb:.2f}", "", None),
             _row("pgrunbook backup, no counting", f"{b['nocount_median_s']:.2f} s", "", None),
             _row("time ratio (faster by)", f"{b['time_ratio']:.2f}x", ">= 3.5x",
                  b["time_ratio"] >= TARGETS["time_ratio"]),
@@ -259,74 +318,115 @@ def report(result: dict[str, Any]) -> str:
             _row("size ratio", f"{b['size_ratio']:.3f}", "<= 0.85", b["size_ratio"] <= TARGETS["size_ratio"]),
             _row("archive sizes (gzip / pgrunbook)",
                  f"{b['baseline_bytes'] / 1e6:.1f}/{b['pgrunbook_bytes'] / 1e6:.1f} MB", "", None),
-            _row("peak RSS (python + pg_dump tree)", f"{b['peak_rss_mb']:.1f} MB", "<= 150 MB",
+            _row("peak RSS, folder (python + pg_dump tree)", f"{b['peak_rss_mb']:.1f} MB", "<= 150 MB",
                  b["peak_rss_mb"] <= TARGETS["peak_rss_mb"]),
             _row("counting overhead", f"{b['counting_overhead_pct']:.1f} %", "<= 10 %",
                  b["counting_overhead_pct"] <= TARGETS["counting_overhead_pct"]),
             _row("  per-repetition pairs (median)", f"{b['counting_overhead_paired_pct']:.1f} %", "", None),
             _row("counts_seconds (in manifest run)", f"{b['counts_seconds_median']:.2f} s", "", None),
         ]
-    r = result.get("restore")
+    s3 = part.get("s3")
+    if s3:
+        lines.append(_row("peak RSS, S3 on moto (python + pg_dump tree)", f"{s3['peak_rss_mb']:.1f} MB",
+                          "<= 150 MB", s3["peak_rss_mb"] <= TARGETS["peak_rss_mb"]))
+    r = part.get("restore")
     if r:
         lines += ["", "  restore"]
         for row in r.get("table", []):
             lines.append(_row(row["name"], row["value"], row.get("target", ""), row.get("ok")))
-    elif "restore_skipped" in result:
-        lines += ["", f"  restore: {result['restore_skipped']}"]
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", choices=sorted(datagen.SCALES), default=os.environ.get("BENCH_SCALE", "full"))
-    parser.add_argument("--reps", type=int, default=int(os.environ.get("BENCH_REPS", "0")) or None,
-                        help="repetitions (default: 5 full, 2 small)")
-    parser.add_argument("--restore-reps", type=int, default=None,
-                        help="repetitions of the restore benchmark (default: 3 full, 1 small)")
-    parser.add_argument("--no-restore", action="store_true", help="backup only")
-    parser.add_argument("--no-backup", action="store_true", help="restore only")
-    args = parser.parse_args()
-    reps = args.reps or (5 if args.scale == "full" else 2)
+def report(result: dict[str, Any]) -> str:
+    lines = [
+        f"pgrunbook benchmark ({result['scale']}, {result['cpus']} CPUs, load {result['load_before']} -> "
+        f"{result['load_after']}; medians of {result['reps']} backup / {result.get('restore_reps', '-')} "
+        f"restore repetitions; {result['elapsed_seconds'] / 60:.1f} min)",
+    ]
+    for mix, part in result["runs"].items():
+        lines += ["", report_mix(mix, part)]
+    return "\n".join(lines)
 
-    started = datetime.now(UTC)
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"bench: preparing the {args.scale} database (generated once, kept in bench/.data/)", flush=True)
-    db = datagen.ensure(args.scale)
+
+DEFAULT_REPS = {"small": (2, 1), "medium": (5, 3), "large": (2, 2)}  # (backup, restore) repetitions
+
+
+def bench_mix(args: argparse.Namespace, mix: str, reps: int, restore_reps: int) -> dict[str, Any]:
+    print(f"bench: preparing the {args.scale} {mix} database (generated once, kept in bench/.data/)", flush=True)
+    db = datagen.ensure(args.scale, mix=mix)
     try:
         WORK.mkdir(parents=True, exist_ok=True)
-        result: dict[str, Any] = {
-            "started_at": started.isoformat(timespec="seconds"), "scale": args.scale, "reps": reps,
-            "cpus": os.cpu_count(), "host": platform.node(), "load_before": load_before,
-            "database_bytes": int(db.psql(f"SELECT pg_database_size('{datagen.DBNAME}')")),
-            "pg_dump": subprocess.run([str(db.bin_dir / "pg_dump"), "--version"], capture_output=True,
-                                      text=True, check=True).stdout.strip(),
-        }
+        part: dict[str, Any] = {"name": db.scale.name,
+                                "database_bytes": int(db.psql(f"SELECT pg_database_size('{datagen.DBNAME}')"))}
+        gb = part["database_bytes"] / 1e9
         if not args.no_backup:
-            result["backup"] = bench_backup(db, reps)
+            b = part["backup"] = bench_backup(db, reps)
+            b["baseline_s_per_gb"] = round(b["baseline_median_s"] / gb, 2)
+            b["pgrunbook_s_per_gb"] = round(b["pgrunbook_median_s"] / gb, 2)
+            if not args.no_s3:
+                part["s3"] = bench_s3_rss(db)
         if not args.no_restore:
-            restore_reps = args.restore_reps or (3 if args.scale == "full" else 1)
-            result["restore_reps"] = restore_reps
-            restore = bench_restore(db, restore_reps, args.scale)
-            if restore is None:
-                result["restore_skipped"] = "no bench/restore_bench.py (restore benchmark) yet"
-            else:
-                result["restore"] = restore
-        result["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            r = part["restore"] = bench_restore(db, restore_reps, args.scale, fresh=not args.no_fresh)
+            r["baseline_s_per_gb"] = round(r["baseline_median_s"] / gb, 2)
+            r["existing_s_per_gb"] = round(r["existing_median_s"] / gb, 2)
+        return part
     finally:
         db.stop()
         shutil.rmtree(WORK, ignore_errors=True)
 
-    if "backup" in result or "restore" in result:
-        print()
-        print(report(result))
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=datagen.SCALE_CHOICES, default=os.environ.get("BENCH_SCALE") or "medium",
+                        help="small ~0.1 GB, medium ~1.25 GB (default; `full` is its old name), large ~5 GB")
+    parser.add_argument("--mix", choices=datagen.MIX_CHOICES, default=os.environ.get("BENCH_MIX") or "events",
+                        help="data mix (bench/datagen.py; default events)")
+    parser.add_argument("--reps", type=int, default=int(os.environ.get("BENCH_REPS") or "0") or None,
+                        help="backup repetitions (default: 5 medium, 2 small and large)")
+    parser.add_argument("--restore-reps", type=int, default=None,
+                        help="restore repetitions (default: 3 medium, 2 large, 1 small)")
+    parser.add_argument("--no-restore", action="store_true", help="backup only")
+    parser.add_argument("--no-backup", action="store_true", help="restore only")
+    parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) RSS run")
+    parser.add_argument("--no-fresh", action="store_true",
+                        help="restore: skip the fresh local-instance runs and the drill")
+    args = parser.parse_args()
+    args.scale = datagen.ALIASES.get(args.scale, args.scale)
+    reps = args.reps or DEFAULT_REPS[args.scale][0]
+    restore_reps = args.restore_reps or DEFAULT_REPS[args.scale][1]
+
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    result: dict[str, Any] = {
+        "started_at": started.isoformat(timespec="seconds"), "scale": args.scale, "mix": args.mix, "reps": reps,
+        "cpus": os.cpu_count(), "host": platform.node(), "load_before": load_before, "runs": {},
+    }
+    if not args.no_restore:
+        result["restore_reps"] = restore_reps
+    for mix in datagen.mixes_for(args.mix):
+        result["runs"][mix] = bench_mix(args, mix, reps, restore_reps)
+    result["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    result["elapsed_seconds"] = round(time.monotonic() - t0, 1)
+    result["pg_dump"] = subprocess.run([str(_server_bin() / "pg_dump"), "--version"], capture_output=True,
+                                       text=True, check=True).stdout.strip()
+
+    print()
+    print(report(result))
     line = json.dumps(result, sort_keys=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"bench-{args.scale}-{started:%Y%m%d-%H%M%S}.json"
+    out = RESULTS / f"bench-{args.scale}-{args.mix}-{started:%Y%m%d-%H%M%S}.json"
     out.write_text(line + "\n")
     print()
     print(line)
-    print(f"(saved to {out.relative_to(ROOT)})")
+    print(f"(saved to {out.relative_to(ROOT)}; the run took {result['elapsed_seconds'] / 60:.1f} min)")
     return 0
+
+
+def _server_bin() -> Path:
+    from pgrunbook.pgtools import server_binaries
+
+    return server_binaries()
 
 
 if __name__ == "__main__":
