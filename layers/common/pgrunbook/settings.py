@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 KINDS = ("scheduled", "manual", "pre-migration", "cutover")  # cutover: the final backup of a frozen source
 COMPRESSIONS = ("zstd", "gzip", "none")
+COUNT_METHODS = ("archive", "snapshot")
 OFF = ("off", "false", "0", "no")
 ON = ("on", "true", "1", "yes")
 
@@ -56,6 +57,7 @@ VARIABLES: dict[str, str] = {
     "PGRUNBOOK_LOCK_WAIT_TIMEOUT": "Settings.lock_wait_timeout",
     "PGRUNBOOK_WORK_DIR": "Settings.work_dir",
     "PGRUNBOOK_PROGRESS_SECONDS": "Settings.progress_seconds",
+    "PGRUNBOOK_COUNT_METHOD": "Settings.count_method",
     "PGRUNBOOK_SQUAWK": "Settings.squawk",
     "PGRUNBOOK_SSLMODE": "Settings.sslmode",
     "PGHOST": "Settings.libpq.host",
@@ -193,6 +195,12 @@ class _Reader:
             raise SettingsInvalid(f"{name} must be a finite number, got {raw!r}")
         if minimum is not None and value < minimum:
             raise SettingsInvalid(f"{name} must be at least {minimum:g}, got {raw!r}")
+        return value
+
+    def one_of(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.string(name, default)
+        if value not in choices:
+            raise SettingsInvalid(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
     def flag(self, name: str, default: bool) -> bool:
@@ -554,6 +562,9 @@ class Settings:
     lock_wait_timeout: int = 120  # seconds a backup waits for a table lock (0: forever)
     work_dir: str | None = None  # where restores download (default: the system's temporary folder)
     progress_seconds: float = 5.0  # a backup says how far it got this often
+    # exact counts: "archive" = read from a parallel dump's own data files (no second read of the
+    # database; other formats count in the snapshot), "snapshot" = count(*) in the dump's snapshot
+    count_method: str = "archive"
     squawk: str | None = None  # the squawk binary of the lint gate (default: found on PATH)
     sslmode: str = "require"  # connections to the stack's databases and to new RDS targets
     libpq: LibpqDefaults = field(default_factory=LibpqDefaults)
@@ -588,6 +599,7 @@ class Settings:
             lock_wait_timeout=r.integer("PGRUNBOOK_LOCK_WAIT_TIMEOUT", 120, minimum=0),
             work_dir=r.text("PGRUNBOOK_WORK_DIR"),
             progress_seconds=r.number("PGRUNBOOK_PROGRESS_SECONDS", 5.0, minimum=0),
+            count_method=r.one_of("PGRUNBOOK_COUNT_METHOD", COUNT_METHODS, "archive"),
             squawk=r.text("PGRUNBOOK_SQUAWK"),
             sslmode=r.string("PGRUNBOOK_SSLMODE", "require"),
             libpq=LibpqDefaults.read(r),

@@ -1,0 +1,134 @@
+"""Exact counts read from a parallel dump's own data files (rowcount.py) against a real server and real pg_dump."""
+
+from __future__ import annotations
+
+import random
+import tarfile
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgrunbook import dbinfo, rowcount
+from pgrunbook.backup import BackupOptions, run_backup
+from pgrunbook.manifest import Manifest
+from pgrunbook.settings import Settings
+from tests.fixtures.processes import wait_until
+from tests.integration.test_backup import _rows_in_archive
+
+HOSTILE = ["plain", "Mixed Case", "dot.ted", "new\nline", "tab\there", "back\\slash", 'quo"te', "ünï😀", " lead"]
+VALUES = ["", "\\.", "a\nb", "c\rd", "e\tf", "\\N", "g\\h", "é😀", "x" * 3000]
+
+
+def _settings(method: str) -> Settings:
+    return Settings.from_env({"PGRUNBOOK_COUNT_METHOD": method})
+
+
+def _extract(archive: Path, into: Path) -> Path:
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def _rows(manifest_data: dict[str, object]) -> dict[tuple[str, str], int]:
+    return {(t["schema"], t["name"]): t["rows"] for t in manifest_data["tables"]}  # type: ignore[attr-defined]
+
+
+def _live_counts(url: str) -> dict[tuple[str, str], int]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                            "AND n.nspname NOT LIKE 'pg_toast%'").fetchall()
+        return {(s, t): int(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(s, t))).fetchone()[0]) for s, t in rows}  # type: ignore[index]
+
+
+def test_generated_tables_count_the_same_from_the_archive_as_in_the_snapshot(
+        fresh_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given seeded tables with hostile names and values (escapes, "\." alone, long TOASTed values), one empty,
+    # one partitioned (rows in its partitions), in two schemas
+    rng = random.Random(14)
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA "s.x"')
+        for i, name in enumerate(rng.sample(HOSTILE, 6)):
+            schema = rng.choice(["public", "s.x"])
+            table = sql.Identifier(schema, f"{name}{i}")
+            conn.execute(sql.SQL("CREATE TABLE {} (id int, body text, doc jsonb)").format(table))
+            rows = 0 if i == 0 else rng.choice([1, 7, 500, 4000])
+            with conn.cursor().copy(sql.SQL("COPY {} (id, body, doc) FROM STDIN").format(table)) as copy:
+                for r in range(rows):
+                    copy.write_row((r, rng.choice(VALUES) + rng.choice(VALUES), None if r % 3 else '{"k": "v\\n"}'))
+        conn.execute("CREATE TABLE parted (id int, at date) PARTITION BY RANGE (at)")
+        conn.execute("CREATE TABLE parted_a PARTITION OF parted FOR VALUES FROM ('2020-01-01') TO ('2021-01-01')")
+        conn.execute("CREATE TABLE parted_b PARTITION OF parted FOR VALUES FROM ('2021-01-01') TO ('2022-01-01')")
+        conn.execute("INSERT INTO parted SELECT g, date '2020-06-01' + (g % 400) FROM generate_series(1, 3000) g")
+    live = _live_counts(fresh_db)
+    # When it is backed up in parallel with each compression, counting from the archive, and once in the snapshot
+    snapshot = run_backup(BackupOptions(database_url=fresh_db, dest=str(tmp_path / "snap"), jobs=2),
+                          _settings("snapshot"))
+    expected = _rows(snapshot.manifest_data)
+    assert expected == {k: v for k, v in live.items() if k != ("public", "parted")}
+    def no_second_read(conn: object, tables: list[object], *args: object) -> dict[object, int]:
+        assert not tables, f"count(*) of {tables} in the database: the archive's data files were not counted"
+        return {}
+
+    monkeypatch.setattr(dbinfo, "exact_counts", no_second_read)
+    for compress in ("zstd", "gzip", "none"):
+        result = run_backup(BackupOptions(database_url=fresh_db, dest=str(tmp_path / compress), jobs=2,
+                                          compress=compress), _settings("archive"))
+        # Then the counts are the same, and they are the rows the archive holds
+        assert result.format == "directory-tar"
+        assert _rows(result.manifest_data) == expected, compress
+        assert Manifest(result.manifest_data).data["tables"] == snapshot.manifest_data["tables"]
+
+
+def test_counts_from_the_archive_are_the_archive_rows_under_concurrent_writes(fresh_db: str, tmp_path: Path) -> None:
+    # Given a table big enough that the dump takes a while, and a writer inserting all along
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE events (id bigserial PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO events(body) SELECT repeat(md5(g::text), 8) FROM generate_series(1, 200000) g")
+        conn.execute("CREATE TABLE audit (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())")
+    stop = threading.Event()
+    inserted = [0]
+
+    def writer() -> None:
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            while not stop.is_set():
+                conn.execute("INSERT INTO events(body) VALUES ('x')")
+                conn.execute("INSERT INTO audit DEFAULT VALUES")
+                inserted[0] += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        wait_until(lambda: inserted[0] > 0, "the writer to write")
+        before = inserted[0]
+        # When a parallel backup counting from its own data files runs meanwhile
+        result = run_backup(BackupOptions(database_url=fresh_db, dest=str(tmp_path), jobs=2), _settings("archive"))
+        after = inserted[0]
+    finally:
+        stop.set()
+        thread.join()
+    assert after > before, "the writer must have written during the backup"
+    # Then the manifest's counts are exactly the rows the archive holds, a snapshot behind the live table
+    archived = _rows_in_archive(_extract(Path(result.archive), tmp_path / "x"))
+    manifest = Manifest(result.manifest_data).tables
+    assert manifest == {"public.events": archived["public.events"], "public.audit": archived["public.audit"]}
+    assert _live_counts(fresh_db)[("public", "events")] > manifest["public.events"]
+
+
+def test_a_data_file_that_cannot_be_counted_is_counted_in_the_snapshot(
+        fresh_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # Given two tables, and data files that (as if written by another pg_dump) do not end with the terminator
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE a AS SELECT g AS id FROM generate_series(1, 1234) g")
+        conn.execute("CREATE TABLE b AS SELECT g AS id FROM generate_series(1, 56) g")
+    monkeypatch.setattr(rowcount, "count_copy_rows", lambda stream: None)
+    # When it is backed up counting from the archive
+    with caplog.at_level("INFO", logger="pgrunbook.backup"):
+        result = run_backup(BackupOptions(database_url=fresh_db, dest=str(tmp_path), jobs=2), _settings("archive"))
+    # Then the snapshot's count(*) stands in, and says so
+    assert Manifest(result.manifest_data).tables == {"public.a": 1234, "public.b": 56}
+    assert any("could not be counted" in r.getMessage() for r in caplog.records)
