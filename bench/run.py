@@ -52,10 +52,13 @@ WORK = HERE / ".data" / "work"
 VENV_BIN = Path(sys.executable).parent
 TARGETS = {"time_ratio": 3.5, "size_ratio": 0.85, "peak_rss_mb": 150.0, "counting_overhead_pct": 10.0}
 
-# Runs the real CLI, with the exact counts replaced by zeros (same tables, same manifest shape).
+# Runs the real CLI, with the exact counts replaced by zeros (same tables, same manifest shape): the
+# snapshot method (count(*)) is chosen and its count(*) replaced, so neither method runs.
 NOCOUNT_SHIM = """
+import os
 import sys
 import pgrunbook.dbinfo as dbinfo
+os.environ["PGRUNBOOK_COUNT_METHOD"] = "snapshot"
 def _zero_counts(conn, tables, *args, **kwargs):
     return {t: 0 for t in tables}
 dbinfo.exact_counts = _zero_counts
