@@ -20,9 +20,12 @@ Counting at scale (the manifest's tables):
   (the server writes those pages back), as the app's first read would.
 - Up to `jobs` connections (VerifyOptions.jobs, default `default_jobs()`: the CPU count, at most 4,
   at least 1; never more than there are tables) count one table each at a time, largest table first
-  (pg_relation_size of its main fork) so the longest count does not start last. Each connection keeps
-  the server's own max_parallel_workers_per_gather: the server's max_parallel_workers bounds the
-  parallel workers of all of them together, and a lone large table at the end still gets them.
+  so the longest count does not start last. The size is pg_class.relpages (what the restore's ANALYZE
+  recorded; a table never analyzed or vacuumed sorts as empty): a catalog read that takes no lock,
+  where pg_relation_size would wait behind any lock on any table before the first count started.
+  Each connection keeps the server's own max_parallel_workers_per_gather: the server's
+  max_parallel_workers bounds the parallel workers of all of them together, and a lone large table
+  at the end still gets them.
 - Every table is counted with count(*), whatever its size: no cheaper signal is exact.
   pg_class.reltuples and pg_stat_user_tables.n_live_tup are estimates (ANALYZE samples, statistics
   that lag or are lost); an index-only count IS count(*) (the planner already picks it where the
@@ -75,7 +78,7 @@ def default_jobs() -> int:
 class TableTime(NamedTuple):
     table: str  # the report's key (manifest.key)
     rows: int
-    bytes: int  # pg_relation_size when counted
+    bytes: int  # pg_class.relpages in bytes when counted
     seconds: float
 
 
@@ -220,10 +223,10 @@ def count_rows(report: VerifyReport, conn: psycopg.Connection[Any], url: Databas
                tables: list[dbinfo.TableRef], key: Callable[[dbinfo.TableRef], str], jobs: int,
                on_progress: ProgressCallback | None = None) -> dict[dbinfo.TableRef, tuple[int, float]]:
     """Exact count(*) of `tables` over up to `jobs` connections of their own, largest table first
-    (sizes read on `conn`); records jobs, time and per-table times in `report`.
+    (sizes from pg_class.relpages, read on `conn`); records jobs, time and per-table times in `report`.
     {table: (rows, seconds)}; raises _CountsFailed (one line) when any count fails."""
-    rows = conn.execute("SELECT c.oid::bigint, pg_relation_size(c.oid) FROM pg_class c WHERE c.oid = ANY(%s)",
-                        ([t.oid for t in tables],)).fetchall()
+    rows = conn.execute("SELECT c.oid::bigint, c.relpages::bigint * current_setting('block_size')::bigint "
+                        "FROM pg_class c WHERE c.oid = ANY(%s)", ([t.oid for t in tables],)).fetchall()
     size = {int(oid): int(n or 0) for oid, n in rows}
     order = sorted(tables, key=lambda t: (-size.get(t.oid, 0), t.schema, t.name))
     report.jobs = max(1, min(jobs, len(order)))
