@@ -113,11 +113,9 @@ class Narrator:
             self.console.print(line)
 
     def progress(self) -> Any:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        from .progress import rich_progress
 
-        return Progress(TextColumn("          {task.description:<8}"), BarColumn(bar_width=40), DownloadColumn(),
-                        TransferSpeedColumn(), console=self.console, disable=self.quiet, transient=False,
-                        redirect_stdout=False, redirect_stderr=False)
+        return rich_progress(self.console, indent="          ", disable=self.quiet)
 
 
 class FunctionLog(io.TextIOBase):
@@ -632,8 +630,9 @@ class _Bars:
         self.task = self.progress.add_task(kind, total=total)
 
     def _watch(self, record: dict[str, Any]) -> None:
-        if record.get("message") == "backup in progress" and isinstance(record.get("bytes_written"), int):
-            self.written = max(self.written, int(record["bytes_written"]))
+        # the backup's progress lines (progress.Lines): "backup" (streamed) or "backup dump"/"backup upload"
+        if str(record.get("progress") or "").startswith("backup") and isinstance(record.get("done"), int):
+            self.written = max(self.written, int(record["done"]))
 
     def entered(self, name: str, event: dict[str, Any]) -> None:
         if name in self.BACKUP_STATES and self.stack.log is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from . import progress as progress_
 from .archive import ArchiveRef
 from .backup_index import latest_backup
 from .dburl import mask_secrets
@@ -173,9 +174,12 @@ def provisioned_target(provisioner: Provisioner, name: str, roles: list[str] | N
     return TargetLease(provisioner, name, roles, keep=keep, what=what)
 
 
-def run_drill(opts: DrillOptions, settings: Settings,
-              provisioner: Provisioner | None = None) -> DrillReport:
-    """Run one drill. Usage errors raise; every other failure is in the report (verified False)."""
+def run_drill(opts: DrillOptions, settings: Settings, provisioner: Provisioner | None = None,
+              progress: progress_.Progress | None = None) -> DrillReport:
+    """Run one drill. Usage errors raise; every other failure is in the report (verified False). `progress`:
+    the reporter the shell chose (default: log lines every Settings.progress_seconds); its phases are the
+    restore's ("restore", "analyze") then "verify" (tables counted of all)."""
+    reporter = progress_.default(progress, settings.progress_seconds)
     kind = provisioner.kind if provisioner is not None else default_provisioner_kind(opts)
     report = DrillReport(provisioner=kind, started_at=datetime.now(UTC).isoformat(timespec="seconds"))
     t_all = time.monotonic()
@@ -198,7 +202,7 @@ def run_drill(opts: DrillOptions, settings: Settings,
             report.timings["provision"] = lease.provision_seconds
             report.target = target.to_dict()
             _restore_and_verify(opts, settings, report, provisioner, target, manifest=manifest,
-                                fresh_instance=kind != "database")
+                                fresh_instance=kind != "database", reporter=reporter)
     except UsageError:
         _settle(report, lease)
         raise
@@ -224,13 +228,14 @@ def run_drill(opts: DrillOptions, settings: Settings,
 
 
 def _restore_and_verify(opts: DrillOptions, settings: Settings, report: DrillReport, provisioner: Provisioner,
-                        target: ProvisionedTarget, *, manifest: Any, fresh_instance: bool) -> None:
+                        target: ProvisionedTarget, *, manifest: Any, fresh_instance: bool,
+                        reporter: progress_.Progress) -> None:
     # a fresh instance got the backup's roles; on a shared server, where roles lack, restore without
     # ownership and grants (the report says which roles were missing)
     assert report.backup is not None
     restore = run_restore(RestoreOptions(file=report.backup, target_url=target.url, force=True, jobs=opts.jobs,
                                          skip_missing_roles=True, analyze=not fresh_instance,
-                                         work_dir=opts.work_dir), settings)
+                                         work_dir=opts.work_dir), settings, progress=reporter)
     report.restore = restore
     report.archive_bytes = restore.bytes
     report.timings["download"] = restore.download_seconds
@@ -240,9 +245,10 @@ def _restore_and_verify(opts: DrillOptions, settings: Settings, report: DrillRep
     report.timings["analyze"] = restore.analyze_seconds + (time.monotonic() - t)
 
     t = time.monotonic()
-    report.verify = run_verify(VerifyOptions(database_url=target.url, manifest=report.backup,
-                                             manifest_data=manifest, app_url=opts.app_url, checks=opts.checks),
-                               settings)
+    report.verify = progress_.with_progress(
+        run_verify, reporter, "verify", "tables",
+        VerifyOptions(database_url=target.url, manifest=report.backup, manifest_data=manifest, app_url=opts.app_url,
+                      checks=opts.checks), settings)
     report.timings["verify"] = time.monotonic() - t
     if not report.verify.ok:
         report.error = "verification failed: " + "; ".join(

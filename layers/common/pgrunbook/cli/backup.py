@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..settings import COMPRESSIONS, KINDS, Settings
-from .common import add_json, destination, emit, human_age, human_bytes, printable
+from .common import add_json, destination, emit, human_age, human_bytes, printable, progress
 
 
 def register(sub: Any) -> None:
@@ -58,7 +58,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     result = run_backup(BackupOptions(database_url=args.database_url, dest=args.dest, out=args.out, kind=args.kind,
                                       compress=args.compress, jobs=args.jobs, overwrite=args.overwrite,
                                       app_version=args.app_version, lock_wait_timeout=args.lock_wait_timeout),
-                        settings)
+                        settings, progress=progress(args, settings))
     emit(args, result.to_dict(), lambda: (
         f"backup of {printable(result.database)} done in {result.seconds:.1f}s\n"
         f"  archive   {result.archive} ({human_bytes(result.bytes)}, {result.format})\n"

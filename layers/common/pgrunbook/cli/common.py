@@ -17,6 +17,14 @@ def add_json(parser: argparse.ArgumentParser) -> None:
                         help="print one JSON object on stdout (progress and logs stay on stderr)")
 
 
+def progress(args: argparse.Namespace, settings: Any) -> Any:
+    """The progress reporter of a long command (progress.for_cli): a bar on a terminal, lines on stderr
+    every Settings.progress_seconds otherwise, nothing with --quiet; never stdout."""
+    from ..progress import for_cli
+
+    return for_cli(quiet=bool(getattr(args, "quiet", False)), every=settings.progress_seconds)
+
+
 def destination(value: str) -> str:
     """argparse type of every DEST option (--to, --from, --backup-to): an empty folder or an s3:// prefix with an
     empty, '.' or '..' segment is a usage error before anything connects (the store's own rule)."""

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..settings import Settings
-from .common import add_json, destination, emit
+from .common import add_json, destination, emit, progress
 
 
 def register(sub: Any) -> None:
@@ -41,6 +41,7 @@ def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
     report = run_drill(DrillOptions(dest=args.dest, backup=args.backup, database=args.database,
                                     server_url=args.server_url, provisioner=args.provisioner, keep=args.keep,
                                     jobs=args.jobs, work_dir=args.work_dir, app_url=args.app_url,
-                                    checks=tuple(HttpCheck.parse(c) for c in args.check)), settings)
+                                    checks=tuple(HttpCheck.parse(c) for c in args.check)), settings,
+                       progress=progress(args, settings))
     emit(args, report.to_dict(), report.text)
     return 0 if report.verified else 1

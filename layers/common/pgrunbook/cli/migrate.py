@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..settings import Settings
-from .common import add_json, destination, emit
+from .common import add_json, destination, emit, progress
 
 ENV_DIR = "PGRUNBOOK_MIGRATIONS_DIR"
 
@@ -128,7 +128,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         rehearse=args.rehearse, require_rehearsal=args.require_rehearsal, rehearse_from=args.rehearse_from,
         rehearse_on=args.rehearse_on, rehearse_server=args.rehearse_server, apply=_apply_options(args, settings))
     try:
-        report = run_migrate(opts, settings)
+        report = run_migrate(opts, settings, progress=progress(args, settings))
     except (LintBlocked, RehearsalFailed) as exc:
         emit(args, exc.report.to_dict(), exc.report.text)
         raise

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..settings import Settings
-from .common import add_json, emit, human_bytes
+from .common import add_json, emit, human_bytes, progress
 
 
 def register(sub: Any) -> None:
@@ -64,7 +64,7 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 
     result = run_restore(RestoreOptions(file=args.file, target_url=args.target_url, force=args.force,
                                         jobs=args.jobs, no_owner=args.no_owner, analyze=not args.no_analyze,
-                                        work_dir=args.work_dir), settings)
+                                        work_dir=args.work_dir), settings, progress=progress(args, settings))
     emit(args, result.to_dict(), lambda: "\n".join([
         f"restored {result.archive} into {result.target} in {result.seconds:.1f}s",
         f"  archive   {human_bytes(result.bytes)}, {result.format}, sha256 {result.sha256} (verified)",
@@ -77,13 +77,13 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from ..progress import with_progress
     from ..verify import HttpCheck, VerifyOptions, run_verify
 
-    report = run_verify(VerifyOptions(database_url=args.database_url, manifest=args.manifest, app_url=args.app_url,
-                                      checks=tuple(HttpCheck.parse(c) for c in args.check),
-                                      sign_in=HttpCheck.parse(args.sign_in) if args.sign_in else None,
-                                      default_http=not args.no_default_checks, http_timeout=args.http_timeout,
-                                      jobs=args.jobs),
-                        settings)
+    opts = VerifyOptions(database_url=args.database_url, manifest=args.manifest, app_url=args.app_url,
+                         checks=tuple(HttpCheck.parse(c) for c in args.check),
+                         sign_in=HttpCheck.parse(args.sign_in) if args.sign_in else None,
+                         default_http=not args.no_default_checks, http_timeout=args.http_timeout, jobs=args.jobs)
+    report = with_progress(run_verify, progress(args, settings), "verify", "tables", opts, settings)
     emit(args, report.to_dict(), report.text)
     return 0 if report.ok else 1

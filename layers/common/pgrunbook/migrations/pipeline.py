@@ -15,6 +15,9 @@ process, the Migrate state machine one per Lambda invocation (`service.handle`):
    `--skip-backup --reason TEXT`;
 6. `apply_pending` (Prisma's advisory lock, then runner.deploy), 7. `final_status`.
 
+Progress (the reporter the shell passes; default: log lines every Settings.progress_seconds): the
+pre-migration backup's ("backup"), then "migrations": applied of pending.
+
 Invariants: nothing is backed up, locked or applied before steps 1 and 3 passed; ApplyOptions are
 derived with dataclasses.replace (every field, including ones added later, reaches the rehearsal
 and the real run alike).
@@ -27,6 +30,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .. import progress as progress_
 from ..dburl import DatabaseUrl
 from ..errors import (
     FailedMigrationsPresent,
@@ -204,12 +208,12 @@ def lint_summary(report: LintReport) -> str:
 
 
 def pre_migration_backup(database_url: str | None, dest: str, *, app_version: str | None, settings: Settings,
-                         jobs: int | None = None) -> BackupResult:
+                         jobs: int | None = None, progress: progress_.Progress | None = None) -> BackupResult:
     """Step 5: a backup of kind pre-migration (the app version in its manifest)."""
     from ..backup import BackupOptions, run_backup
 
     return run_backup(BackupOptions(database_url=database_url, dest=dest, kind="pre-migration",
-                                    app_version=app_version, jobs=jobs), settings)
+                                    app_version=app_version, jobs=jobs), settings, progress=progress)
 
 
 def apply_options(opts: MigrateOptions) -> ApplyOptions:
@@ -218,9 +222,13 @@ def apply_options(opts: MigrateOptions) -> ApplyOptions:
 
 
 def apply_pending(url: DatabaseUrl, migrations: list[Migration], migrations_dir: str,
-                  options: ApplyOptions) -> DeployResult:
-    """Step 6: take Prisma's advisory lock and apply what is pending (runner.deploy)."""
-    return deploy(url, migrations, migrations_dir, options)
+                  options: ApplyOptions, progress: progress_.Progress | None = None) -> DeployResult:
+    """Step 6: take Prisma's advisory lock and apply what is pending (runner.deploy); `progress` shows
+    "migrations", applied of pending."""
+    if progress is None:
+        return deploy(url, migrations, migrations_dir, options)
+    with progress_.phase(progress, "migrations", None, "migrations") as shown:
+        return deploy(url, migrations, migrations_dir, options, on_applied=progress_.counted_callback(shown))
 
 
 def final_status(url: DatabaseUrl, migrations: list[Migration], migrations_dir: str,
@@ -229,8 +237,10 @@ def final_status(url: DatabaseUrl, migrations: list[Migration], migrations_dir: 
     return read_status(url, migrations, migrations_dir, schema)
 
 
-def run_migrate(opts: MigrateOptions, settings: Settings) -> MigrateReport:
-    """The whole procedure; raises a PgrunbookError subclass on a failure (after logging what was done)."""
+def run_migrate(opts: MigrateOptions, settings: Settings, progress: progress_.Progress | None = None) -> MigrateReport:
+    """The whole procedure; raises a PgrunbookError subclass on a failure (after logging what was done).
+    `progress`: the reporter the shell chose (default: log lines every Settings.progress_seconds)."""
+    reporter = progress_.default(progress, settings.progress_seconds)
     t0 = time.monotonic()
     url = DatabaseUrl.parse(opts.database_url or settings.database_url, what="database URL (--database-url or "
                                                                             "$DATABASE_URL)")
@@ -292,9 +302,10 @@ def run_migrate(opts: MigrateOptions, settings: Settings) -> MigrateReport:
         log.warning("pre-migration backup skipped", extra={"reason": report.backup_skipped})
     else:
         report.backup = pre_migration_backup(opts.database_url or settings.database_url, dest,
-                                             app_version=opts.app_version, settings=settings).to_dict()
+                                             app_version=opts.app_version, settings=settings,
+                                             progress=reporter).to_dict()
 
     # 6. lock + apply, 7. status
-    report.deploy = apply_pending(url, migrations, opts.migrations_dir, apply)
+    report.deploy = apply_pending(url, migrations, opts.migrations_dir, apply, reporter)
     report.status = report.deploy.status
     return done("applied")

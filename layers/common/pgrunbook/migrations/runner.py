@@ -99,8 +99,10 @@ def read_status(url: DatabaseUrl, migrations: list[Migration], migrations_dir: s
 
 
 def deploy(url: DatabaseUrl, migrations: list[Migration], migrations_dir: str,
-           options: ApplyOptions | None = None) -> DeployResult:
-    """Take the lock, refuse on an unmanaged or failed history, apply what is pending."""
+           options: ApplyOptions | None = None,
+           on_applied: Callable[[int, int, str], None] | None = None) -> DeployResult:
+    """Take the lock, refuse on an unmanaged or failed history, apply what is pending; `on_applied(done, total,
+    name)` after each migration applied (progress)."""
     opts = options or ApplyOptions()
     started = time.monotonic()
     with open_connection(url) as conn:
@@ -117,6 +119,8 @@ def deploy(url: DatabaseUrl, migrations: list[Migration], migrations_dir: str,
             applied: list[AppliedMigration] = []
             for migration in pending:
                 applied.append(apply_one(conn, migration, opts))
+                if on_applied is not None:
+                    on_applied(len(applied), len(pending), migration.name)
             status = compute_status(conn, migrations, database=url.display(), migrations_dir=migrations_dir,
                                     schema=opts.schema)
     result = DeployResult(applied=applied, baselined=baselined, status=status, seconds=time.monotonic() - started,

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -92,14 +92,15 @@ class _PlainFilter:
 
 
 def load_script(tool: Tool, url: DatabaseUrl, path: Path, *, gz: bool, sha256: str, no_owner: bool, no_acl: bool,
-                session: Mapping[str, str] | None, server_major: int) -> None:
+                session: Mapping[str, str] | None, server_major: int,
+                on_bytes: Callable[[int], None] | None = None) -> None:
     """psql --single-transaction fed the script. psql commits when its input ends, so its input ends only
     after every byte of the file, hashed again on the way, proved to be the `sha256` verified before (a
     file changed or cut since, or unreadable, stops psql: its transaction rolls back); on any exception
     (an interrupt too) psql is stopped before it goes on."""
     psql = Psql(tool, url, server_major=server_major, session=_tool_session(session))
     with psql.start_script() as loading:
-        delivered = _feed(loading.stdin, path, gz, _PlainFilter(no_acl) if no_owner else None)
+        delivered = _feed(loading.stdin, path, gz, _PlainFilter(no_acl) if no_owner else None, on_bytes)
         if delivered is not None and delivered != sha256:
             raise ChecksumMismatch(f"{path.name} changed after it was verified (it now hashes to {delivered}, "
                                    f"not {sha256}): nothing of it was committed")
@@ -108,17 +109,22 @@ def load_script(tool: Tool, url: DatabaseUrl, path: Path, *, gz: bool, sha256: s
         loading.check(RestoreFailed, "psql failed (the whole restore was rolled back)")
 
 
-def _feed(stdin: IO[bytes], path: Path, gz: bool, filt: _PlainFilter | None) -> str | None:
+def _feed(stdin: IO[bytes], path: Path, gz: bool, filt: _PlainFilter | None,
+          on_bytes: Callable[[int], None] | None = None) -> str | None:
     """Write the script (inflated, filtered) to psql; the sha256 of the file's bytes, or None when psql
-    stopped reading (it failed: its exit status says why)."""
+    stopped reading (it failed: its exit status says why). `on_bytes(n)`: the file's bytes fed so far."""
     digest = hashlib.sha256()
     inflater = zlib.decompressobj(31) if gz else None
+    fed = 0
     try:
         with open(path, "rb") as fh:
             while chunk := fh.read(CHUNK):
                 digest.update(chunk)
                 data = inflater.decompress(chunk) if inflater else chunk
                 stdin.write(filt.feed(data) if filt else data)
+                fed += len(chunk)
+                if on_bytes is not None:
+                    on_bytes(fed)
             tail = inflater.flush() if inflater else b""
             stdin.write(filt.feed(tail) + filt.flush() if filt else tail)
     except BrokenPipeError:
@@ -129,9 +135,11 @@ def _feed(stdin: IO[bytes], path: Path, gz: bool, filt: _PlainFilter | None) -> 
     return digest.hexdigest()
 
 
-def analyze(url: DatabaseUrl, jobs: int | None = None) -> float:
+def analyze(url: DatabaseUrl, jobs: int | None = None,
+            on_progress: Callable[[int, int], None] | None = None) -> float:
     """ANALYZE every user table (a restore has no statistics), largest first, over `jobs` connections
-    (default: CPU count), as `vacuumdb --analyze-only --jobs` does; returns seconds."""
+    (default: CPU count), as `vacuumdb --analyze-only --jobs` does; returns seconds. `on_progress(done, total)`
+    after each table (from the worker threads)."""
     t0 = time.monotonic()
     with dbinfo.connect(url, autocommit=True, application="pgrunbook-analyze") as conn:
         rows = conn.execute(f"""
@@ -139,6 +147,7 @@ def analyze(url: DatabaseUrl, jobs: int | None = None) -> float:
             WHERE c.relkind IN ('r', 'm', 'p') AND {dbinfo.USER_SCHEMAS}
             ORDER BY pg_total_relation_size(c.oid) DESC""").fetchall()
     tables = [(str(a), str(b)) for a, b in rows]
+    total, done = len(tables), [0]
     workers = max(1, min(jobs or os.cpu_count() or 1, len(tables)))
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -156,6 +165,11 @@ def analyze(url: DatabaseUrl, jobs: int | None = None) -> float:
                             return
                         schema, name = tables.pop(0)
                     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, name)))
+                    if on_progress is not None:
+                        with lock:
+                            done[0] += 1
+                            finished = done[0]
+                        on_progress(finished, total)
         except BaseException as exc:
             with lock:
                 errors.append(exc)

@@ -3,6 +3,16 @@
 `run_restore` reads as the procedure: refuse a bad request, plan (the archive's companions, the
 target's guards), fetch and prove the archive, check the target again against what the archive
 itself needs, then mark, load, ANALYZE and unmark.
+
+Progress (the reporter the shell passes; default: log lines every Settings.progress_seconds) has two
+phases. "restore": for an archive, rows loaded of the manifest's exact row counts, polled on a separate
+connection to the target from pg_stat_progress_copy (tuples_processed of each running COPY) and
+pg_stat_user_tables (n_tup_ins, what committed COPYs inserted); a table whose COPY was seen and has
+ended counts as complete. Chosen over the archive's TOC data sizes because the manifest's counts are
+exact and the server says exactly how far each COPY is, whatever the compression and whatever order
+pg_restore -j picks; index and constraint builds come after the last COPY (the bar then sits near
+100 % until pg_restore ends). For the runbook's plain script (no manifest): the file's bytes fed to
+psql of its size. "analyze": tables analysed of all.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import dbinfo
+from .. import progress as progress_
 from ..archive import ArchiveRef
 from ..dburl import DatabaseUrl, mask_secrets
 from ..dumpfile import contents_problem, table_data_count, toc_extensions, toc_owners, toc_system_acls
@@ -121,8 +132,11 @@ def resolve_target(target_url: str | None, settings: Settings) -> DatabaseUrl:
                              what="target database URL (--target-url or NEW_DATABASE_URL)")
 
 
-def run_restore(opts: RestoreOptions, settings: Settings) -> RestoreResult:
-    """Restore an archive into an empty database, or raise before touching it (see the package doc)."""
+def run_restore(opts: RestoreOptions, settings: Settings,
+                progress: progress_.Progress | None = None) -> RestoreResult:
+    """Restore an archive into an empty database, or raise before touching it (see the package doc).
+    `progress`: the reporter the shell chose (default: log lines every Settings.progress_seconds)."""
+    reporter = progress_.default(progress, settings.progress_seconds)
     t0 = time.monotonic()
     ref, target = _request(opts, settings)
     plan = _plan(ref, target, opts, settings)  # the companions, then the guards on the target
@@ -133,7 +147,7 @@ def run_restore(opts: RestoreOptions, settings: Settings) -> RestoreResult:
         _prove_archive(plan, fetched)  # sha256, manifest, contents; the guards again for what it holds
         plan.result.download_seconds = time.monotonic() - td
         refuse_changed(target)  # no other restore got there meanwhile
-        _load_marked(plan, fetched, opts)
+        _load_marked(plan, fetched, opts, reporter)
     plan.result.seconds = time.monotonic() - t0
     log.info("restore finished", extra={"target": target.display(), "seconds": round(plan.result.seconds, 2)})
     return plan.result
@@ -227,7 +241,7 @@ def _prove_archive(plan: _Plan, fetched: Fetched) -> None:
     plan.no_owner = foreign_owners(verdict, plan.no_owner, plan.info, plan.result.warn)
 
 
-def _load_marked(plan: _Plan, fetched: Fetched, opts: RestoreOptions) -> None:
+def _load_marked(plan: _Plan, fetched: Fetched, opts: RestoreOptions, reporter: progress_.Progress) -> None:
     """Mark the target, load, ANALYZE, unmark; on any failure or interruption (the tools already stopped)
     the mark says FAILED and why, and the exception goes on."""
     ref, target, result = plan.ref, plan.target, plan.result
@@ -242,14 +256,19 @@ def _load_marked(plan: _Plan, fetched: Fetched, opts: RestoreOptions) -> None:
         log.info("restoring", extra={"archive": ref.uri, "target": target.display(), "format": plan.fmt,
                                      "jobs": result.jobs})
         if plan.fmt == "plain":
-            load_script(plan.tool, target, fetched.path, gz=plan.gz, sha256=fetched.sha256, no_owner=plan.no_owner,
-                        no_acl=plan.no_acl, session=session, server_major=major)
+            with progress_.phase(reporter, "restore", fetched.path.stat().st_size, "bytes") as shown:
+                load_script(plan.tool, target, fetched.path, gz=plan.gz, sha256=fetched.sha256,
+                            no_owner=plan.no_owner, no_acl=plan.no_acl, session=session, server_major=major,
+                            on_bytes=progress_.counted_callback(shown))
         else:
-            load_archive(plan.tool, target, fetched.path, jobs=jobs, no_owner=plan.no_owner, no_acl=plan.no_acl,
-                         session=session, server_major=major)
+            rows = _RowsLoaded(target, plan.manifest)
+            with rows, progress_.phase(reporter, "restore", rows.total, "rows", rows.poll):
+                load_archive(plan.tool, target, fetched.path, jobs=jobs, no_owner=plan.no_owner,
+                             no_acl=plan.no_acl, session=session, server_major=major)
         result.restore_seconds = time.monotonic() - tr
         if opts.analyze:
-            result.analyze_seconds = analyze(target, jobs)
+            with progress_.phase(reporter, "analyze", None, "tables") as shown:
+                result.analyze_seconds = analyze(target, jobs, on_progress=progress_.counted_callback(shown))
     except BaseException as exc:
         if isinstance(exc, Interrupted):
             reason = f"interrupted by {exc.signal_name}"
@@ -264,3 +283,49 @@ def _load_marked(plan: _Plan, fetched: Fetched, opts: RestoreOptions) -> None:
                           "before restoring again")
         raise
     set_mark(target, None, only_if_ours=True)
+
+
+class _RowsLoaded:
+    """Rows loaded into the target so far, of the manifest's exact counts (see the module doc). `poll` runs
+    on the progress thread with its own connection, opened on first use and closed when the block ends."""
+
+    QUERY = """
+        SELECT s.schemaname, s.relname, s.n_tup_ins, p.tuples_processed
+        FROM pg_stat_user_tables s
+        LEFT JOIN pg_stat_progress_copy p ON p.relid = s.relid AND p.datname = current_database()"""
+
+    def __init__(self, target: DatabaseUrl, manifest: Manifest | None) -> None:
+        self.target, self.manifest = target, manifest
+        self.expected = manifest.tables if manifest is not None else {}
+        self.total = float(sum(self.expected.values())) or None
+        self.done: dict[str, int] = {}
+        self.copying: set[str] = set()
+        self.conn: Any = None
+
+    def __enter__(self) -> _RowsLoaded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
+    def poll(self) -> float | None:
+        if self.manifest is None or self.total is None:
+            return None
+        if self.conn is None:
+            self.conn = dbinfo.connect(self.target, autocommit=True, application="pgrunbook-restore-progress")
+        now_copying: dict[str, int] = {}
+        for schema, name, inserted, copied in self.conn.execute(self.QUERY).fetchall():
+            key = self.manifest.key(str(schema), str(name))
+            if key not in self.expected:
+                continue
+            self.done[key] = max(self.done.get(key, 0), int(inserted or 0))
+            if copied is not None:
+                now_copying[key] = now_copying.get(key, 0) + int(copied)
+        for key, copied in now_copying.items():
+            self.done[key] = max(self.done[key], copied)
+        for key in self.copying - set(now_copying):  # its COPY ended: the whole table is in
+            self.done[key] = self.expected[key]
+        self.copying = set(now_copying)
+        return float(sum(min(n, self.expected[k]) for k, n in self.done.items()))
