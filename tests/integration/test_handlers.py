@@ -164,8 +164,9 @@ def test_provision_restore_verify_handlers(stack: Stack, capsys: pytest.CaptureF
     assert target["checks"] == 1
     restored = handler("restore")(event("restore", backup=backup["archive"], target=target), LocalContext())
     assert restored["tables"] >= 3
-    report = handler("verify")(event("verify", backup=backup["archive"], target=target), LocalContext())
+    report = handler("verify")(event("verify", backup=backup["archive"], target=target, jobs=1), LocalContext())
     assert report["ok"] is True, report["text"]
+    assert report["counts"]["jobs"] == 1  # the event's jobs reach verify
     blobs = emf(capsys.readouterr().out)
     assert any(b.get("VerificationFailures") == [0.0] for b in blobs)
     assert any("RestoreSeconds" in b for b in blobs)
