@@ -1,6 +1,7 @@
 """Verify function: check a restored target against the backup's manifest -> pgrunbook.verify.
 
-Event: {"backup": "s3://.../x.dump", "target": TargetRef, "database": "app", "app_url": null, "checks": []}
+Event: {"backup": "s3://.../x.dump", "target": TargetRef, "database": "app", "app_url": null, "checks": [],
+        "jobs": null}  (jobs: tables counted at once; default pgrunbook.verify.default_jobs())
 Returns the verification report (VerifyReport.to_dict() + "text"); a failed check is a report with
 "ok": false, not an error. Metric VerificationFailures (dimension Database).
 """
