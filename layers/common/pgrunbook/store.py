@@ -22,6 +22,21 @@ the S3 writer before it uploads, by creating the claim object `<key>.partial` wi
 `If-None-Match: *` (deleted when the write ends), then completes with `If-None-Match: *` as
 well. `writer.key` is the final key once the writer committed.
 
+Part size (S3): `part_size_for(expected_bytes)` sizes parts from the expected object size (the database's
+size with a margin of SIZE_MARGIN, capped at S3's 5 TiB object limit) so 10,000 parts always hold it:
+16 MiB up to ~78 GiB of database, growing to 525 MiB for 5 TiB, never below 5 MiB nor above 5 GiB.
+`open_store(..., expected_bytes=N)` applies it; an explicit `part_size_mb` ($PGRUNBOOK_MULTIPART_CHUNK_MB)
+overrides it. Memory stays bounded at every size: a part of up to `spool_over` bytes (16 MiB) is held in
+memory, a larger one is written to a temp file (in `spool_dir`, default the system's temp folder) and uploaded
+from there, so at most (1 + in_flight) parts exist at once — in memory ≤ 2 x 16 MiB, on disk ≤ 2 parts
+(≤ 1.05 GiB at 5 TiB). A spool file is registered with the guardian (removed should pgrunbook be killed) and
+removed as soon as its part is uploaded, on abort and on commit.
+
+Conditional writes (the backup index): `get_versioned(key)` returns the bytes with a version tag (S3: the
+ETag; a folder: inode, mtime and size of the file read), and `put_if(key, data, etag=...)` writes only if
+the object still has that version (`etag=None`: only if it does not exist) — S3 If-Match / If-None-Match,
+a folder under an exclusive flock of its directory. `list()` gives each object's version tag too (`etag`).
+
 Every failure is a StoreError whose one line names the operation and the path or URI
 ("cannot write /x/y.sha256: No space left on device"); no raw OSError leaves this module.
 """
@@ -30,10 +45,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
+import math
 import os
 import secrets
 import stat
+import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,6 +67,26 @@ from .keys import PARTIAL_SUFFIX
 from .pgtools import Guard, guard_path, guard_s3_object, guard_s3_upload
 
 log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+MIN_PART = 5 * MiB  # S3's limits for a multipart part (but the last) and an object
+MAX_PART = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+MAX_OBJECT = 5 * 1024 * 1024 * MiB
+DEFAULT_PART = 16 * MiB  # also the largest part held in memory (spool_over)
+SIZE_MARGIN = 2.0  # an archive may outgrow its database (no compression, bytea written as hex)
+
+
+def part_size_for(expected_bytes: int | None, *, margin: float = SIZE_MARGIN, floor: int = DEFAULT_PART) -> int:
+    """The multipart part size for an object expected to be about `expected_bytes`: whole MiB, at least
+    `floor` (at least 5 MiB), at most 5 GiB, and large enough that MAX_PARTS parts hold
+    min(expected_bytes x margin, 5 TiB). Unknown (None or ≤ 0): `floor`."""
+    floor = max(floor, MIN_PART)
+    if not expected_bytes or expected_bytes <= 0:
+        return floor
+    planned = min(math.ceil(expected_bytes * margin), MAX_OBJECT)
+    need = math.ceil(math.ceil(planned / MAX_PARTS) / MiB) * MiB
+    return min(max(floor, need), MAX_PART)
 
 MAX_SERIAL = 1000  # `unique` writers try <stem>.2.<ext> … <stem>.1000.<ext>, then give up
 
@@ -90,6 +128,11 @@ class ObjectInfo:
     key: str
     size: int
     modified: float  # epoch seconds
+    etag: str = ""  # a version tag: S3's ETag; a file's inode, mtime and size (changes when replaced)
+
+
+def _file_etag(st: os.stat_result) -> str:
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
 
 
 class Store(Protocol):
@@ -108,6 +151,9 @@ class Store(Protocol):
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...
     def delete(self, key: str) -> None: ...
     def check_writable(self) -> None: ...
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None: ...
+    def put_if(self, key: str, data: bytes, *, etag: str | None,
+               content_type: str = "application/octet-stream") -> bool: ...
 
 
 # --------------------------------------------------------------------------- local folder
@@ -295,7 +341,7 @@ class LocalStore:
                 raise _os_error("read", path, exc) from None
             if stat.S_ISREG(st.st_mode):
                 found.append(ObjectInfo(key=path.relative_to(self.root).as_posix(), size=st.st_size,
-                                        modified=st.st_mtime))
+                                        modified=st.st_mtime, etag=_file_etag(st)))
         return found
 
     def delete(self, key: str) -> None:
@@ -312,6 +358,42 @@ class LocalStore:
             raise StoreError(f"cannot create backup folder {self.root}: {_reason(exc)}") from None
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StoreError(f"backup folder {self.root} is not writable")
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """(bytes, version tag) of the file, None when there is none; the tag is the opened file's own."""
+        path = self.path(key)
+        try:
+            with open(path, "rb") as fh:
+                return fh.read(), _file_etag(os.fstat(fh.fileno()))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _os_error("read", path, exc) from None
+
+    def put_if(self, key: str, data: bytes, *, etag: str | None,
+               content_type: str = "application/octet-stream") -> bool:
+        """Replace the file only if it still has version `etag` (None: only if it does not exist); False
+        when it changed. Writers of one folder take turns under an exclusive flock of the folder."""
+        path = self.path(check_key(key))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path.parent, os.O_RDONLY)
+        except OSError as exc:
+            raise _os_error("write", path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current: str | None = _file_etag(path.stat())
+            except FileNotFoundError:
+                current = None
+            if current != etag:
+                return False
+            self.put_bytes(key, data, content_type)
+            return True
+        except OSError as exc:
+            raise _os_error("write", path, exc) from None
+        finally:
+            os.close(fd)  # releases the lock
 
 
 # --------------------------------------------------------------------------- S3
@@ -352,20 +434,83 @@ def _s3_error(exc: Exception, bucket: str, key: str = "") -> StoreError:
     return StoreError(f"S3 unreachable for {where}: {exc}")
 
 
-class _MultipartWriter:
-    """Streams to S3: fills a part buffer, uploads it on a background thread while the next one
-    fills (at most `in_flight` parts uploading, so memory is about (1 + in_flight) parts whatever
-    the archive's size), completes on commit, aborts the upload on abort."""
+class _Part:
+    """One part being filled: a bytearray, or (over the spool threshold) a temp file registered with the
+    guardian. `discard` removes the file; it is idempotent and never raises."""
 
-    MAX_PARTS = 10_000  # S3's limit
+    def __init__(self, spool: bool, spool_dir: str | None) -> None:
+        self.length = 0
+        self.memory: bytearray | None = None
+        self.file: IO[bytes] | None = None
+        self.path: Path | None = None
+        self._guard: Guard | None = None
+        if not spool:
+            self.memory = bytearray()
+            return
+        try:
+            fd, name = tempfile.mkstemp(prefix="pgrunbook-part-", suffix=".spool", dir=spool_dir)
+        except OSError as exc:
+            raise _os_error("create a spool file in", spool_dir or tempfile.gettempdir(), exc) from None
+        self.path = Path(name)
+        self._guard = guard_path(self.path)
+        self.file = os.fdopen(fd, "w+b")
+
+    def write(self, data: memoryview) -> None:
+        if self.memory is not None:
+            self.memory += data
+        else:
+            assert self.file is not None and self.path is not None
+            try:
+                self.file.write(data)
+            except OSError as exc:
+                raise _os_error("write", self.path, exc) from None
+        self.length += len(data)
+
+    def body(self) -> bytearray | IO[bytes]:
+        if self.memory is not None:
+            return self.memory
+        assert self.file is not None and self.path is not None
+        try:
+            self.file.flush()
+            self.file.seek(0)
+        except OSError as exc:
+            raise _os_error("write", self.path, exc) from None
+        return self.file
+
+    def discard(self) -> None:
+        self.memory = None
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.file = None
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
+            self.path = None
+        if self._guard is not None:
+            self._guard.release()
+            self._guard = None
+
+
+class _MultipartWriter:
+    """Streams to S3: fills a part, uploads it on a background thread while the next one fills (at
+    most `in_flight` parts uploading, so at most (1 + in_flight) parts exist whatever the archive's
+    size), completes on commit, aborts the upload on abort. A part larger than `spool_over` bytes
+    is filled in a temp file instead of memory (see the module docstring)."""
+
+    MAX_PARTS = MAX_PARTS  # S3's limit
 
     def __init__(self, store: S3Store, key: str, part_size: int, in_flight: int = 1, *,
-                 exclusive: bool = False, unique: bool = False) -> None:
+                 exclusive: bool = False, unique: bool = False, spool_over: int = DEFAULT_PART,
+                 spool_dir: str | None = None) -> None:
         self.store, self.key, self.part_size = store, check_key(key), part_size
         self.exclusive = exclusive or unique
+        self._spool, self._spool_dir = part_size > spool_over, spool_dir
         self._claim: str | None = None
         self._guards: dict[str, Guard] = {}  # the upload and the claim object, for pgtools' guardian
-        self._buffer = bytearray()
+        self._open_parts: set[_Part] = set()  # every part not yet uploaded and discarded
+        self._lock = threading.Lock()
+        self._buffer: _Part | None = None
         self._parts: list[Future[dict[str, Any]]] = []
         self.upload_id: str | None = None
         if unique:
@@ -420,29 +565,46 @@ class _MultipartWriter:
             if name in self._guards:
                 self._guards.pop(name).release()
 
-    def _upload(self, number: int, data: bytearray) -> dict[str, Any]:
+    def _new_part(self) -> _Part:
+        part = _Part(self._spool, self._spool_dir)
+        with self._lock:
+            self._open_parts.add(part)
+        return part
+
+    def _discard(self, part: _Part) -> None:
+        part.discard()
+        with self._lock:
+            self._open_parts.discard(part)
+
+    def _upload(self, number: int, part: _Part) -> dict[str, Any]:
         try:
             resp = self.store.s3.upload_part(Bucket=self.store.bucket, Key=self.store.full_key(self.key),
-                                             UploadId=self.upload_id, PartNumber=number, Body=data)
+                                             UploadId=self.upload_id, PartNumber=number, Body=part.body(),
+                                             ContentLength=part.length)
             return {"PartNumber": number, "ETag": resp["ETag"]}
         finally:
+            self._discard(part)
             self._slots.release()
 
     def _flush(self) -> None:
         if len(self._parts) >= self.MAX_PARTS:
             raise StoreError(f"the archive is larger than S3's {self.MAX_PARTS} parts of "
-                             f"{self.part_size // (1024 * 1024)} MB: raise PGRUNBOOK_MULTIPART_CHUNK_MB")
+                             f"{self.part_size // MiB} MB: raise PGRUNBOOK_MULTIPART_CHUNK_MB")
         self._slots.acquire()  # wait for a free upload slot before taking the buffer: no extra copy
-        data, self._buffer = self._buffer, bytearray()
-        self._parts.append(self._pool.submit(self._upload, len(self._parts) + 1, data))
+        part = self._buffer if self._buffer is not None else self._new_part()
+        self._buffer = None
+        self._parts.append(self._pool.submit(self._upload, len(self._parts) + 1, part))
 
     def write(self, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= self.part_size:
-            chunk = self._buffer[self.part_size:]
-            del self._buffer[self.part_size:]
-            self._flush()
-            self._buffer += chunk
+        view = memoryview(data)
+        while view:
+            if self._buffer is None:
+                self._buffer = self._new_part()
+            room = self.part_size - self._buffer.length
+            self._buffer.write(view[:room])
+            view = view[room:]
+            if self._buffer.length >= self.part_size:
+                self._flush()
         # surface a failed upload early instead of streaming the whole dump for nothing
         for part in self._parts:
             if part.done() and part.exception() is not None:
@@ -454,7 +616,7 @@ class _MultipartWriter:
         raise exc if exc else StoreError("S3 upload failed")
 
     def commit(self) -> None:
-        if self._buffer or not self._parts:
+        if (self._buffer is not None and self._buffer.length) or not self._parts:
             self._flush()
         try:
             parts = [p.result() for p in self._parts]
@@ -474,6 +636,11 @@ class _MultipartWriter:
 
     def abort(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._buffer = None
+        with self._lock:
+            left = list(self._open_parts)
+        for part in left:  # the one being filled and any whose upload was cancelled
+            self._discard(part)
         if self.upload_id is not None:
             with contextlib.suppress(ClientError, BotoCoreError):
                 self.store.s3.abort_multipart_upload(Bucket=self.store.bucket,
@@ -483,7 +650,8 @@ class _MultipartWriter:
 
 
 class S3Store:
-    def __init__(self, uri: str, *, kms_key_id: str | None = None, part_size: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, uri: str, *, kms_key_id: str | None = None, part_size: int = DEFAULT_PART,
+                 spool_over: int = DEFAULT_PART, spool_dir: str | None = None) -> None:
         rest = uri[len("s3://"):]
         self.bucket, _, prefix = rest.partition("/")
         if not self.bucket:
@@ -494,7 +662,11 @@ class S3Store:
         self.prefix = prefix
         self.base = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.kms_key_id = kms_key_id
-        self.part_size = max(part_size, 5 * 1024 * 1024)
+        self.part_size = min(max(part_size, MIN_PART), MAX_PART)
+        self.spool_over, self.spool_dir = spool_over, spool_dir
+
+    def part_size_for(self, expected_bytes: int | None) -> int:
+        return part_size_for(expected_bytes)
 
     @property
     def s3(self) -> Any:
@@ -514,7 +686,8 @@ class S3Store:
         return {"ServerSideEncryption": "AES256"}
 
     def open_writer(self, key: str, *, exclusive: bool = False, unique: bool = False) -> ObjectWriter:
-        return _MultipartWriter(self, key, self.part_size, exclusive=exclusive, unique=unique)
+        return _MultipartWriter(self, key, self.part_size, exclusive=exclusive, unique=unique,
+                                spool_over=self.spool_over, spool_dir=self.spool_dir)
 
     def open_reader(self, key: str) -> IO[bytes]:
         try:
@@ -568,7 +741,7 @@ class S3Store:
                 for obj in page.get("Contents", []):
                     key = obj["Key"][len(self.prefix) + 1:] if self.prefix else obj["Key"]
                     found.append(ObjectInfo(key=key, size=int(obj["Size"]),
-                                            modified=obj["LastModified"].timestamp()))
+                                            modified=obj["LastModified"].timestamp(), etag=obj.get("ETag", "")))
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(exc, self.bucket, full) from None
         return found
@@ -590,11 +763,51 @@ class S3Store:
         except BotoCoreError as exc:
             raise _s3_error(exc, self.bucket) from None
 
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of the object — both from one GET, so they belong together — None when missing."""
+        try:
+            resp = self.s3.get_object(Bucket=self.bucket, Key=self.full_key(key))
+            with contextlib.closing(resp["Body"]) as body:
+                return body.read(), str(resp.get("ETag", ""))
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound") \
+                    or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise _s3_error(exc, self.bucket, self.full_key(key)) from None
+        except BotoCoreError as exc:
+            raise _s3_error(exc, self.bucket, self.full_key(key)) from None
 
-def open_store(dest: str, *, kms_key_id: str | None = None, part_size_mb: int = 16) -> Store:
-    """A store for `s3://bucket/prefix` or a folder path (an empty destination is a usage error)."""
+    def put_if(self, key: str, data: bytes, *, etag: str | None,
+               content_type: str = "application/octet-stream") -> bool:
+        """PutObject with If-Match: etag (None: If-None-Match: *); False when the object changed (412, 409,
+        or 404 when it was deleted since)."""
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=self.full_key(check_key(key)), Body=data,
+                               ContentType=content_type, **self.encryption_args(), **kind_tagging(key), **condition)
+        except ClientError as exc:
+            if _taken(exc) or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return False
+            raise _s3_error(exc, self.bucket, self.full_key(key)) from None
+        except BotoCoreError as exc:
+            raise _s3_error(exc, self.bucket, self.full_key(key)) from None
+        return True
+
+
+def open_store(dest: str, *, kms_key_id: str | None = None, part_size_mb: int | None = None,
+               expected_bytes: int | None = None, spool_dir: str | None = None) -> Store:
+    """A store for `s3://bucket/prefix` or a folder path (an empty destination is a usage error).
+
+    S3 multipart parts: `part_size_mb` when given (the explicit override, $PGRUNBOOK_MULTIPART_CHUNK_MB),
+    else `part_size_for(expected_bytes)` (16 MiB when the size is unknown)."""
     if dest.startswith("s3://"):
-        return S3Store(dest, kms_key_id=kms_key_id, part_size=part_size_mb * 1024 * 1024)
+        part_size = part_size_mb * MiB if part_size_mb else part_size_for(expected_bytes)
+        if part_size_mb and expected_bytes and part_size * MAX_PARTS < expected_bytes * SIZE_MARGIN:
+            log.warning("the multipart part size set by PGRUNBOOK_MULTIPART_CHUNK_MB may be too small for this "
+                        "database", extra={"part_size_mb": part_size_mb, "expected_bytes": expected_bytes,
+                                           "suggested_part_size_mb": part_size_for(expected_bytes) // MiB})
+        return S3Store(dest, kms_key_id=kms_key_id, part_size=part_size, spool_dir=spool_dir)
     return LocalStore(dest)
 
 
