@@ -28,6 +28,7 @@ from psycopg import sql
 from pgrunbook import dbinfo
 from pgrunbook.backup import BackupOptions, BackupResult, run_backup
 from pgrunbook.cli import main
+from pgrunbook.errors import UsageError
 from pgrunbook.pgserver import LocalServer
 from pgrunbook.settings import Settings
 from pgrunbook.verify import VerifyOptions, VerifyReport, run_verify
@@ -119,8 +120,8 @@ def test_parallel_counts_equal_serial_counts(jobs: int,
     assert sorted(serial.values()) == sorted(made.values()) and len(serial) == len(made)
     calls: list[tuple[int, int, str, float]] = []
 
-    report = run_verify(VerifyOptions(database_url=url, manifest=backup.archive, jobs=jobs,
-                                      on_progress=lambda *a: calls.append(a)), SETTINGS)
+    report = run_verify(VerifyOptions(database_url=url, manifest=backup.archive, jobs=jobs), SETTINGS,
+                        on_progress=lambda *a: calls.append(a))
 
     assert report.ok, report.text()
     counted = rows_checks(report)
@@ -163,11 +164,18 @@ def test_parallel_verify_finds_a_deleted_row(generated: tuple[str, BackupResult,
             conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(rel), gone)
 
 
-@pytest.mark.parametrize("jobs", ["0", "-1"])
+@pytest.mark.parametrize("jobs", ["0", "-1", "two"])
 def test_jobs_below_one_is_a_usage_error(jobs: str, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["verify", "--database-url", "postgresql://nobody@127.0.0.1:9/none", "--jobs", jobs])
+    # from the CLI: one line, exit 2, before anything connects or any progress is shown
+    with pytest.raises(SystemExit) as done:
+        main(["verify", "--database-url", "postgresql://nobody@127.0.0.1:9/none", "--jobs", jobs])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and "--jobs must be at least 1" in err
+    assert done.value.code == 2 and len(err.splitlines()) == 1 and "--jobs" in err
+    assert ("must be a whole number" if jobs == "two" else f"must be at least 1, not {jobs}") in err
+    # and from the API (the drill, the Lambda's event): a UsageError
+    if jobs != "two":
+        with pytest.raises(UsageError, match="--jobs must be at least 1"):
+            run_verify(VerifyOptions(database_url="postgresql://nobody@127.0.0.1:9/none", jobs=int(jobs)), SETTINGS)
 
 
 def _verify_backends(admin: psycopg.Connection[Any], dbname: str, *, waiting: bool) -> list[int]:

@@ -32,8 +32,8 @@ Counting at scale (the manifest's tables):
   visibility map makes it cheaper, e.g. after VACUUM; a fresh restore's map is empty), and
   pg_relation_size says nothing about the number of rows.
 - Each row check carries its count's seconds; the report has the jobs, the counting time and the
-  slowest tables (text and JSON). `on_progress(done, total, table, seconds)` is called in the
-  calling thread once per counted table, `done` going 1, 2, ... total.
+  slowest tables (text and JSON). `run_verify(..., on_progress=f)`: f(done, total, table, seconds) is
+  called in the calling thread once per counted table, `done` going 1, 2, ... total.
 - A failed count (a lost connection, a table gone) stops the other counts (no new table starts, the
   running ones are cancelled, every connection is closed) and is ONE failed check "row counts" whose
   detail is one line; the sequence and Prisma checks still run.
@@ -191,7 +191,6 @@ class VerifyOptions:
     default_http: bool = True  # GET /health and /ready when app_url is given
     http_timeout: float = 10.0
     jobs: int | None = None  # connections counting rows at once (default: default_jobs())
-    on_progress: ProgressCallback | None = None  # (tables_done, tables_total, table, seconds) per counted table
 
 
 def _load_manifest(opts: VerifyOptions) -> tuple[Manifest | None, str | None]:
@@ -264,7 +263,8 @@ def _first_line(exc: BaseException) -> str:
     return mask_secrets(lines[0] if lines else type(exc).__name__)
 
 
-def _db_checks(report: VerifyReport, url: DatabaseUrl, manifest: Manifest | None, opts: VerifyOptions) -> None:
+def _db_checks(report: VerifyReport, url: DatabaseUrl, manifest: Manifest | None, jobs: int,
+               on_progress: ProgressCallback | None) -> None:
     try:
         conn = dbinfo.connect(url, autocommit=True, application="pgrunbook-verify")
     except PgrunbookError as exc:
@@ -279,7 +279,7 @@ def _db_checks(report: VerifyReport, url: DatabaseUrl, manifest: Manifest | None
             report.add("restore mark", "none", "none" if mark is None else mark[:120], mark is None,
                        "" if mark is None else "the restore into this database did not finish")
             if manifest is not None:
-                _manifest_checks(report, conn, manifest, url, opts)
+                _manifest_checks(report, conn, manifest, url, jobs, on_progress)
             else:
                 _runbook_checks(report, conn)
             _prisma_checks(report, conn, manifest)
@@ -288,12 +288,12 @@ def _db_checks(report: VerifyReport, url: DatabaseUrl, manifest: Manifest | None
 
 
 def _manifest_checks(report: VerifyReport, conn: psycopg.Connection[Any], manifest: Manifest, url: DatabaseUrl,
-                     opts: VerifyOptions) -> None:
+                     jobs: int, on_progress: ProgressCallback | None) -> None:
     # both sides keyed by manifest.key(schema, name): unambiguous names (version 2), the old text (version 1)
     expected = manifest.tables
     try:
         timed = count_rows(report, conn, url, dbinfo.user_tables(conn), lambda t: manifest.key(t.schema, t.name),
-                           opts.jobs or default_jobs(), opts.on_progress)
+                           jobs, on_progress)
     except _CountsFailed as exc:
         report.add("row counts", f"{len(expected)} tables counted", "error", False, str(exc))
         _sequence_checks(report, conn, manifest)
@@ -408,10 +408,11 @@ def http_check(app_url: str, check: HttpCheck, timeout: float, name: str | None 
     return CheckResult(name, str(check.status), str(status), status == check.status, f"{url} in {ms:.0f} ms")
 
 
-def run_verify(opts: VerifyOptions, settings: Settings) -> VerifyReport:
+def run_verify(opts: VerifyOptions, settings: Settings, *, on_progress: ProgressCallback | None = None
+               ) -> VerifyReport:
     """Verify a database (and optionally an app pointed at it); never raises for a failed check.
-    Row counts run over `opts.jobs` connections (see the module docstring), `opts.on_progress`
-    called after each table."""
+    Row counts run over `opts.jobs` connections (see the module docstring); `on_progress(tables_done,
+    tables_total, table, seconds)` is called in this thread after each counted table."""
     if opts.jobs is not None and opts.jobs < 1:
         raise UsageError(f"--jobs must be at least 1, not {opts.jobs}")
     url = DatabaseUrl.parse(opts.database_url or settings.new_database_url or settings.database_url,
@@ -431,7 +432,7 @@ def run_verify(opts: VerifyOptions, settings: Settings) -> VerifyReport:
 
     t0 = time.monotonic()
     report = VerifyReport(target=url.display(), manifest=manifest_uri)
-    _db_checks(report, url, manifest, opts)
+    _db_checks(report, url, manifest, opts.jobs or default_jobs(), on_progress)
     if opts.app_url:
         for check in checks:
             report.checks.append(http_check(opts.app_url, check, opts.http_timeout))

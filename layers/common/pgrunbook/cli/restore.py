@@ -51,12 +51,23 @@ def register(sub: Any) -> None:
                    help="a sign-in request with a JSON body from the environment, e.g. POST:/api/auth/login:200")
     v.add_argument("--no-default-checks", action="store_true", help="do not add GET /health and GET /ready")
     v.add_argument("--http-timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)")
-    v.add_argument("--jobs", type=int, metavar="N",
+    v.add_argument("--jobs", type=_at_least_one, metavar="N",
                    help="tables counted at once, each on its own connection, largest first (default: the CPU count, "
                         "at most 4); counts are exact count(*) of what is committed, so nothing should write to "
                         "the copy while it is verified")
     add_json(v)
     v.set_defaults(handler=cmd_verify)
+
+
+def _at_least_one(value: str) -> int:
+    """argparse type of verify's --jobs: a whole number >= 1 (a usage error before anything connects)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
