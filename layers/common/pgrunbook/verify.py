@@ -228,7 +228,7 @@ def count_rows(report: VerifyReport, conn: psycopg.Connection[Any], url: Databas
                         "FROM pg_class c WHERE c.oid = ANY(%s)", ([t.oid for t in tables],)).fetchall()
     size = {int(oid): int(n or 0) for oid, n in rows}
     order = sorted(tables, key=lambda t: (-size.get(t.oid, 0), t.schema, t.name))
-    report.jobs = max(1, min(jobs, len(order)))
+    report.jobs = min(jobs, len(order))  # 0: no table, no connection opened
 
     def done(n: int, total: int, table: dbinfo.TableRef, _rows: int, seconds: float) -> None:
         if on_progress is not None:
