@@ -4,6 +4,7 @@
     <database>/<kind>/YYYY/MM/db-backup-YYYYMMDD-HHMMSSZ.<ext>   an archive (.dump, .dump.tar, .sql.gz, ...)
         ...<ext>.sha256  ...<ext>.manifest.json                   beside it (`sha256sum -c` format; the manifest)
         ...<ext>.partial                                          a short-lived claim / a file being written
+    <database>/_index/backups.json                                the database's backup index (backup_index.py)
     _reports/restore/<database>/YYYY/MM/YYYYMMDD-HHMMSSZ-<mode>.json   restore and drill reports
     _reports/watch/<database>.json                                when a database was first seen (age metrics)
     _tasks/<execution>/<operation>[-<database>].json              a Fargate task's outcome
@@ -13,6 +14,9 @@ Invariants: a database name or a kind becomes a key segment only through `encode
 one-to-one, never empty, '.', '..', hidden, option-like, '_'-prefixed or holding '/'), so no name can
 leave its folder, collide with another database's, or land in a reserved `_`-prefixed folder (a database
 named `_reports` keeps its backups in `%5Freports/`). Report keys encode the database name the same way.
+The backup index lives INSIDE its database's folder (no kind folder can be `_index`: kinds are encoded
+too), so a store opened at DEST and one opened at `database_dest(DEST, db)` find the same object, and every
+role that may write a database's backups may write its index.
 The state machines (statemachines/*.asl.json) spell the `_tasks/` keys in `States.Format`, which cannot import: they
 follow `task_result_key`.
 """
@@ -91,3 +95,24 @@ def task_result_key(execution: str, name: str) -> str:
 
 def release_migrations_prefix(version: str) -> str:
     return f"{RELEASES_PREFIX}/{version}/migrations"
+
+
+INDEX_FOLDER = "_index"
+BACKUP_INDEX_NAME = f"{INDEX_FOLDER}/backups.json"
+_ARCHIVE_DEPTH = 4  # <kind>/YYYY/MM/<file> under a database's folder
+
+
+def split_archive_key(key: str) -> tuple[str, str] | None:
+    """(database folder, key inside it) of an archive key laid out by `archive_key` — ('app',
+    'manual/2026/12/db-backup-….dump') — under any store root; the folder is '' when the store is the
+    database's own folder. None for a key too short to be one (a `--out` file, a deeper store)."""
+    parts = key.split("/")
+    if len(parts) < _ARCHIVE_DEPTH:
+        return None
+    return "/".join(parts[:-_ARCHIVE_DEPTH]), "/".join(parts[-_ARCHIVE_DEPTH:])
+
+
+def backup_index_key(folder: str) -> str:
+    """<folder>/_index/backups.json: the backup index of the database whose folder is `folder` ('' = the
+    store is that folder)."""
+    return f"{folder}/{BACKUP_INDEX_NAME}" if folder else BACKUP_INDEX_NAME
