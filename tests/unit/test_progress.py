@@ -125,6 +125,9 @@ def test_phase_finishes_only_when_the_block_succeeds(captured: Capture) -> None:
     with progress.phase(lines, "analyze", None, "tables") as shown:
         progress.counted_callback(shown)(2, 2, "t")
     assert captured.records[-1].getMessage().startswith("analyze finished: 100% (2 tables of 2 tables)")
+    with progress.phase(lines, "restore", 10, "bytes") as shown:
+        progress.counted_callback(shown)(10)  # a byte counter: done only
+    assert captured.records[-1].getMessage().startswith("restore finished: 100% (10 B of 10 B)")
 
 
 def test_with_progress_passes_the_callback_only_to_a_function_that_takes_it(captured: Capture) -> None:

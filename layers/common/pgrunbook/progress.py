@@ -388,7 +388,8 @@ def with_progress(fn: Callable[..., Any], reporter: Progress, label: str, unit: 
 
 
 def counted_callback(reporter: Progress) -> Callable[..., None]:
-    """A callback `(done, total, *rest)` (verify's on_progress, the migrations' on_applied) feeding `reporter`."""
-    def callback(done: int, total: int, *rest: Any) -> None:
+    """A callback `(done[, total, *rest])` (verify's on_progress, the migrations' on_applied, a byte counter)
+    feeding `reporter`; it never raises."""
+    def callback(done: float, total: float | None = None, *rest: Any) -> None:
         _safe(reporter.update, done, total)
     return callback
