@@ -185,3 +185,31 @@ def test_restore_rows_come_from_the_targets_copy_progress(fresh_db: str) -> None
             assert rows.copying == {"public.t"}
         loader.commit()
         assert rows.poll() == 60_000  # its COPY ended: the whole table is in (the manifest's count)
+
+
+def test_runbook_script_restore_shows_bytes_fed(app_db: str, fresh_db: str, tmp_path: Path) -> None:
+    out = tmp_path / "db.sql.gz"
+    run_backup(BackupOptions(database_url=app_db, out=str(out)), SETTINGS, progress=progress.Silent())
+    size = out.stat().st_size
+    r = run_cli("restore", "--file", str(out), "--target-url", fresh_db, "--force", "--json",
+                env=cli_env(PGRUNBOOK_PROGRESS_SECONDS="0"))
+    assert r.returncode == 0, r.stderr
+    _one_json(r.stdout)
+    assert f"restore started ({progress.human(size, 'bytes')} expected)" in r.stderr, r.stderr
+    assert re.search(r"restore finished: 100% \(.+ of .+\)", r.stderr), r.stderr
+
+
+def test_migrate_shows_the_backup_then_migrations_applied(fresh_db: str, tmp_path: Path) -> None:
+    from tests.integration.test_migrations import INIT, write
+
+    mig = write(tmp_path / "migrations", {
+        "20260101000000_init": INIT,
+        "20260102000000_second": 'ALTER TABLE "Account" ADD COLUMN "nickname" TEXT;\n'})
+    r = run_cli("migrate", "--database-url", fresh_db, "--migrations", str(mig), "--backup-to", str(tmp_path / "b"),
+                "--json", env=cli_env(PGRUNBOOK_PROGRESS_SECONDS="0"))
+    assert r.returncode == 0, r.stderr
+    assert _one_json(r.stdout)["outcome"] == "applied"
+    backup_done = re.search(r"backup (upload )?finished: 100% \(.+ of .+\)", r.stderr)  # streamed, or parallel
+    assert backup_done, r.stderr
+    assert "migrations finished: 100% (2 migrations of 2 migrations)" in r.stderr, r.stderr
+    assert backup_done.start() < r.stderr.index("migrations finished: 100%")
