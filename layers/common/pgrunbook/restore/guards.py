@@ -204,14 +204,21 @@ def _creation_gaps(conn: psycopg.Connection[Any], schemas: list[dict[str, Any]],
 
 def _session_extras(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """Session settings worth adding on this server when we may set them: on a server that writes full
-    WAL (wal_level replica/logical), index builds log every page; lz4 compresses those page images."""
+    WAL (wal_level replica/logical), index builds log every page; lz4 compresses those page images.
+    On a server built with lz4 (14+), values the load TOASTs are compressed with lz4 instead of pglz
+    (default_toast_compression, settable by any role; several times less CPU on wide rows, see
+    docs/benchmarks.md); a column whose compression the dump sets explicitly keeps it."""
     row = conn.execute("""
         SELECT current_setting('wal_level'), current_setting('wal_compression'),
                has_parameter_privilege('wal_compression', 'SET'),
-               (SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'wal_compression')""").fetchone()
+               (SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'wal_compression'),
+               (SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression')""").fetchone()
+    extras: dict[str, str] = {}
     if row and row[0] != "minimal" and row[1] == "off" and row[2] and row[3]:
-        return {"wal_compression": "lz4"}
-    return {}
+        extras["wal_compression"] = "lz4"
+    if row and row[4]:
+        extras["default_toast_compression"] = "lz4"
+    return extras
 
 
 def role_names(roles: list[str]) -> str:
