@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import psycopg
-import pytest
 
 from pgrunbook import progress
 from pgrunbook.backup import BackupOptions, BackupResult, run_backup
@@ -22,12 +21,11 @@ from pgrunbook.dburl import DatabaseUrl
 from pgrunbook.pgserver import LocalServer
 from pgrunbook.restore.run import _RowsLoaded
 from pgrunbook.settings import Settings
-from pgrunbook.verify import run_verify
 from tests.conftest import cli_env, run_cli
+from tests.integration.test_handlers import event, handler, stack  # noqa: F401 (the handlers' stack fixture)
 
 SETTINGS = Settings.from_env({})
 PGRUNBOOK = str(Path(sys.executable).parent / "pgrunbook")
-VERIFY_REPORTS = "on_progress" in __import__("inspect").signature(run_verify).parameters
 
 
 def _one_json(stdout: str) -> dict[str, Any]:
@@ -100,19 +98,16 @@ def test_restore_verify_and_drill_print_progress_lines_and_json_stays_one_object
     r = run_cli("verify", "--database-url", fresh_db, "--manifest", backup.archive, "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert _one_json(r.stdout)["ok"] is True
-    if VERIFY_REPORTS:
-        assert re.search(r"verify finished: 100% \(\d+ tables of \d+ tables\)", r.stderr), r.stderr
+    assert re.search(r"verify finished: 100% \(\d+ tables of \d+ tables\)", r.stderr), r.stderr
 
     # drill: the restore's phases, then verify's
     r = run_cli("drill", "--backup", backup.archive, "--server-url", pg_server.url(), "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert _one_json(r.stdout)["verified"] is True
     assert r.stderr.index("restore finished: 100%") < r.stderr.index("analyze finished: 100%")
-    if VERIFY_REPORTS:
-        assert r.stderr.index("analyze finished: 100%") < r.stderr.index("verify finished: 100%")
+    assert r.stderr.index("analyze finished: 100%") < r.stderr.index("verify finished: 100%")
 
 
-@pytest.mark.skipif(not VERIFY_REPORTS, reason="verify has no on_progress callback yet (helper B's part)")
 def test_verify_prints_progress_lines(app_db: str, tmp_path: Path) -> None:
     backup = _backup(app_db, tmp_path)
     env = cli_env(PGRUNBOOK_PROGRESS_SECONDS="0")
@@ -213,3 +208,27 @@ def test_migrate_shows_the_backup_then_migrations_applied(fresh_db: str, tmp_pat
     assert backup_done, r.stderr
     assert "migrations finished: 100% (2 migrations of 2 migrations)" in r.stderr, r.stderr
     assert backup_done.start() < r.stderr.index("migrations finished: 100%")
+
+
+
+
+def test_the_lambda_steps_log_progress_lines(stack: Any, capsys: Any, monkeypatch: Any) -> None:  # noqa: F811
+    """On Lambda (no terminal, no CLI) the reporter is lines, JSON through powertools: Backup (bytes), Restore
+    (rows, then tables analysed) and Verify (tables counted), each ending at 100 % of an exact total."""
+    from pgrunbook.lambda_support import LocalContext
+
+    monkeypatch.setenv("PGRUNBOOK_PROGRESS_SECONDS", "0")
+    backup = handler("backup")(event("backup"), LocalContext())
+    target = handler("provision")(event("provision-create"), LocalContext())
+    try:
+        handler("restore")(event("restore", backup=backup["archive"], target=target), LocalContext())
+        report = handler("verify")(event("verify", backup=backup["archive"], target=target), LocalContext())
+        assert report["ok"] is True, report["text"]
+    finally:
+        handler("provision")({"action": "delete", "target": target}, LocalContext())
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    finished = {r["progress"]: r for r in records if r.get("progress") and r.get("percent") == 100.0}
+    written = finished.get("backup") or finished["backup upload"]  # streamed, or parallel
+    assert written["done"] == written["total"] == backup["bytes"]
+    assert finished["restore"]["unit"] == "rows" and finished["restore"]["done"] == backup["rows"]
+    assert finished["analyze"]["done"] == finished["verify"]["done"] == backup["tables"]

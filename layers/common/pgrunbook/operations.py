@@ -266,11 +266,15 @@ def restore(ev: RestoreEvent, settings: Settings) -> dict[str, Any]:
 
 
 def verify(ev: VerifyEvent, settings: Settings) -> dict[str, Any]:
+    from .progress import Lines, with_progress
     from .verify import HttpCheck, VerifyOptions, run_verify
 
-    report = run_verify(VerifyOptions(database_url=target_url(ev.target, settings), manifest=ev.backup,
-                                      app_url=ev.app_url,
-                                      checks=tuple(HttpCheck.parse(c) for c in ev.checks), jobs=ev.jobs), settings)
+    # Lambda/Fargate: progress as log lines (tables counted of all), like the backup's and the restore's
+    report = with_progress(run_verify, Lines(settings.progress_seconds), "verify", "tables",
+                           VerifyOptions(database_url=target_url(ev.target, settings), manifest=ev.backup,
+                                         app_url=ev.app_url,
+                                         checks=tuple(HttpCheck.parse(c) for c in ev.checks), jobs=ev.jobs),
+                           settings)
     out = report.to_dict()
     passed = len(report.checks) - len(report.failures)
     # one line (a failed verification's cause in the state machine): the counts and what failed
