@@ -223,3 +223,31 @@ def test_generated_histories_list_exactly_what_the_manifests_say(store: Store) -
         if step % 6 == 5:
             assert listed(store) == reference(store), step
     assert listed(store) == reference(store)
+
+
+def test_the_parallel_listing_lists_exactly_what_the_plain_one_lists(store: Store) -> None:
+    seed_backups(put(store), 9, databases=3)
+    store.put_bytes("_reports/watch/db00.json", b"{}")
+    store.put_bytes("at-the-root.txt", b"x")
+    store.put_bytes("db01/_index/backups.json", b"{}")
+    plain = sorted((i.key, i.size, i.etag) for i in store.list())
+    assert sorted((i.key, i.size, i.etag) for i in store.list_tree()) == plain and len(plain) == 30
+    assert sorted(i.key for i in store.list_tree("db01")) == sorted(i.key for i in store.list("db01/"))
+
+
+@mock_aws
+def test_skipping_sha256_files_leaves_out_nothing_else(aws_env: None) -> None:
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="bkt")
+    store = S3Store("s3://bkt/p")
+    keys = seed_backups(put(store), 4, databases=2)
+    store.delete(keys[0])  # an orphan .sha256 (its archive gone): listed in full
+    odd = ["db00/manual/2026/01/x.sha256.dump", "db00/manual/2026/01/x.sha256.dump.manifest.json",
+           "db00/manual/2026/01/y.sha256/z.manifest.json", "db01/a.sha256", "top.sha256", "db01/a.sha256.b"]
+    for key in odd:
+        store.put_bytes(key, b"{}")
+    everything = {i.key: i.etag for i in store.list()}
+    skipped = {i.key: i.etag for i in store.list_tree(skip_after=".sha256")}
+    left_out = set(everything) - set(skipped)
+    assert set(skipped) <= set(everything) and all(skipped[k] == everything[k] for k in skipped)
+    # only the .sha256 of a listed archive is left out (and what starts with it)
+    assert left_out == {k + ".sha256" for k in keys[1:]}

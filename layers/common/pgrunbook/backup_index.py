@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import PgrunbookError, StoreError
-from .keys import BACKUP_INDEX_NAME, MANIFEST_SUFFIX, backup_index_key, split_archive_key
+from .keys import BACKUP_INDEX_NAME, MANIFEST_SUFFIX, SHA256_SUFFIX, backup_index_key, split_archive_key
 from .manifest import Manifest
 from .settings import Settings
 from .store import ObjectInfo, Store, open_store
@@ -154,7 +154,7 @@ def entries_in(store: Store, listing: Iterable[ObjectInfo] | None = None, *,
                refresh: bool = False) -> list[BackupEntry]:
     """Every backup in `store` (a manifest in the listing), newest first, facts from the index where it
     matches the listed manifest and from the manifest otherwise."""
-    infos = list(store.list() if listing is None else listing)
+    infos = list(store.list_tree(skip_after=SHA256_SUFFIX) if listing is None else listing)
     present = {i.key for i in infos}
     manifests: dict[str, ObjectInfo] = {i.key[:-len(MANIFEST_SUFFIX)]: i for i in infos
                                         if i.key.endswith(MANIFEST_SUFFIX)}

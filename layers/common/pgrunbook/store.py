@@ -131,6 +131,9 @@ class ObjectInfo:
     etag: str = ""  # a version tag: S3's ETag; a file's inode, mtime and size (changes when replaced)
 
 
+Listing = list[ObjectInfo]  # (inside the store classes `list` names their method)
+
+
 def _file_etag(st: os.stat_result) -> str:
     return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
 
@@ -149,6 +152,7 @@ class Store(Protocol):
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...
+    def list_tree(self, prefix: str = "", *, skip_after: str = "") -> Listing: ...  # list(), maybe less: S3Store
     def delete(self, key: str) -> None: ...
     def check_writable(self) -> None: ...
     def get_versioned(self, key: str) -> tuple[bytes, str] | None: ...
@@ -343,6 +347,11 @@ class LocalStore:
                 found.append(ObjectInfo(key=path.relative_to(self.root).as_posix(), size=st.st_size,
                                         modified=st.st_mtime, etag=_file_etag(st)))
         return found
+
+    def list_tree(self, prefix: str = "", *, skip_after: str = "") -> Listing:
+        """list(prefix): a folder walk needs no parallel requests, and costs nothing more for the objects
+        S3Store.list_tree may leave out (`skip_after`)."""
+        return self.list(prefix)
 
     def delete(self, key: str) -> None:
         path = self.path(check_key(key))
@@ -735,16 +744,58 @@ class S3Store:
         full = self.full_key(prefix)
         if full and not prefix:
             full += "/"
+        return self._list(full)
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1:] if self.prefix else full_key
+
+    def _list(self, full: str, delimiter: str = "") -> Listing:
+        """Every object under the full key prefix `full`; with a delimiter, the common prefixes too (as
+        ObjectInfo of size -1, key relative and ending with the delimiter)."""
         found = []
         try:
-            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            for page in self.s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=full, **({"Delimiter": delimiter} if delimiter else {})):
                 for obj in page.get("Contents", []):
-                    key = obj["Key"][len(self.prefix) + 1:] if self.prefix else obj["Key"]
-                    found.append(ObjectInfo(key=key, size=int(obj["Size"]),
+                    found.append(ObjectInfo(key=self._relative(obj["Key"]), size=int(obj["Size"]),
                                             modified=obj["LastModified"].timestamp(), etag=obj.get("ETag", "")))
+                for common in page.get("CommonPrefixes", []):
+                    found.append(ObjectInfo(key=self._relative(common["Prefix"]), size=-1, modified=0.0))
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(exc, self.bucket, full) from None
         return found
+
+    def list_tree(self, prefix: str = "", *, skip_after: str = "", workers: int = 8) -> Listing:
+        """The same objects as list(prefix), each first-level folder under it listed on its own thread (up
+        to `workers` at once): ListObjectsV2 pages are sequential within one prefix, so a bucket of many
+        databases lists in about the time of its largest database.
+
+        `skip_after` (e.g. ".sha256"): an object is left out when the part of its key before the first
+        `skip_after` below the folder is the key of a listed object (an archive's `<archive>.sha256`):
+        S3 sends each such group as one short common prefix (Delimiter), not as objects. A common prefix
+        that is not <a listed object> + skip_after is listed in full, so nothing else is left out."""
+        full = self.full_key(prefix)
+        if full and not full.endswith("/"):
+            full += "/"
+        top = self._list(full, "/")
+        found = [i for i in top if i.size >= 0]
+        folders = [i.key for i in top if i.size < 0]
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(folders))),
+                                thread_name_prefix="s3-list") as pool:
+            for part in pool.map(lambda f: self._list_skipping(f, skip_after), folders):
+                found.extend(part)
+        return found
+
+    def _list_skipping(self, prefix: str, skip_after: str) -> Listing:
+        if not skip_after:
+            return self.list(prefix)
+        listed = self._list(self.full_key(prefix), skip_after)
+        objects = [i for i in listed if i.size >= 0]
+        keys = {i.key for i in objects}
+        for common in (i.key for i in listed if i.size < 0):
+            if common[:-len(skip_after)] not in keys:  # not <a listed object>+skip_after: list what it holds
+                objects.extend(self.list(common))
+        return objects
 
     def delete(self, key: str) -> None:
         try:
