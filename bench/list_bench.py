@@ -82,12 +82,15 @@ def bench_count(n: int, reps: int) -> dict[str, float]:
         env.pop("AWS_PROFILE", None)
         import boto3
 
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], **{k.lower(): v for k, v in ENV_AWS.items()
-                                                                   if k != "AWS_DEFAULT_REGION"},
-                     region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        os.environ.update(ENV_AWS)
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(Bucket=BUCKET)
         backend = s3_backends["123456789012"]["global"]
+
+        def put(key: str, data: bytes) -> None:
+            backend.put_object(BUCKET, f"{PREFIX}/{key}", data)
+
         t = time.perf_counter()
-        seed_backups(lambda key, data: backend.put_object(BUCKET, f"{PREFIX}/{key}", data), n)
+        seed_backups(put, n)
         print(f"N={n:>6}: seeded {3 * n} objects in {time.perf_counter() - t:.1f} s", flush=True)
         dest = f"s3://{BUCKET}/{PREFIX}"
         cli = str(Path(sys.executable).parent / "pgrunbook")
