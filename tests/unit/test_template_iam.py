@@ -68,6 +68,13 @@ def test_backups_are_written_by_the_backup_writers_and_deleted_by_nobody(roles: 
     assert who(roles, "s3:PutObject", OBJ + "_releases/1.2.3/migrations/x/migration.sql") == set()
 
 
+def test_every_backup_writer_may_update_its_databases_backup_index(roles: Roles) -> None:
+    """backup_index.record(): the cutover's final backup too (else list reads its manifest every time)."""
+    for index in ("app/_index/backups.json", "team/app/_index/backups.json"):
+        assert who(roles, "s3:PutObject", OBJ + index) == {"BackupFunctionRole", "MigrateFunctionRole", "TaskRole",
+                                                           "CutoverFunctionRole"}, index
+
+
 def test_rds_instances_are_created_and_deleted_only_by_name_prefix_and_tag(roles: Roles) -> None:
     other = f"arn:aws:rds:{REGION}:{ACCOUNT}:db:prod-main"
     tagged = {"aws:ResourceTag/pgrunbook:stack": STACK, "aws:RequestTag/pgrunbook:stack": STACK}

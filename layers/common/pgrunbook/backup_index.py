@@ -240,7 +240,8 @@ def list_backups(dest: str | None = None, *, settings: Settings, database: str |
     """The backups under `dest` (default: Settings.backup_dest), newest first. `refresh` (the `list`
     command) lets the listing rewrite out-of-date indexes, best effort (see the module docstring);
     `latest_backup` (status, Plan steps, drill, migrate) never writes."""
-    store = open_store(settings.backup_dest if dest is None else dest)  # an empty DEST is a usage error
+    # KMS as the stack writes: the bucket refuses a refreshed index encrypted any other way
+    store = open_store(settings.backup_dest if dest is None else dest, kms_key_id=settings.kms_key_id)
     return [e for e in entries_in(store, refresh=refresh)
             if (not database or e.database == database) and (not kind or e.kind == kind)]
 
