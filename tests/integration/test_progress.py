@@ -90,6 +90,7 @@ def test_restore_verify_and_drill_print_progress_lines_and_json_stays_one_object
     r = run_cli("restore", "--file", backup.archive, "--target-url", fresh_db, "--force", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert _one_json(r.stdout)["target"]
+    assert f"fetch finished: 100% ({progress.human(backup.bytes, 'bytes')} of" in r.stderr, r.stderr
     assert f"restore started ({backup.rows:,} rows expected)" in r.stderr
     assert f"restore finished: 100% ({backup.rows:,} rows of {backup.rows:,} rows)" in r.stderr, r.stderr
     assert re.search(r"analyze finished: 100% \(\d+ tables of \d+ tables\)", r.stderr), r.stderr
@@ -230,5 +231,6 @@ def test_the_lambda_steps_log_progress_lines(stack: Any, capsys: Any, monkeypatc
     finished = {r["progress"]: r for r in records if r.get("progress") and r.get("percent") == 100.0}
     written = finished.get("backup") or finished["backup upload"]  # streamed, or parallel
     assert written["done"] == written["total"] == backup["bytes"]
+    assert finished["fetch"]["done"] == finished["fetch"]["total"] == backup["bytes"]  # downloaded from S3
     assert finished["restore"]["unit"] == "rows" and finished["restore"]["done"] == backup["rows"]
     assert finished["analyze"]["done"] == finished["verify"]["done"] == backup["tables"]

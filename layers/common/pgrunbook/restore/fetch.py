@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from ..archive import ArchiveRef
 from ..dumpfile import DumpContents, read_dump
@@ -54,8 +55,26 @@ class Fetched:
         return self.contents.bytes
 
 
-def fetch(ref: ArchiveRef, fmt: str, work: Path, pg_restore: PgRestore | None) -> Fetched:
-    """The archive where the tools can load it from, read once (`pg_restore` lists its contents)."""
+class _Counted:
+    """A byte stream that reports the bytes read so far (`on_bytes(n)`, progress)."""
+
+    def __init__(self, stream: IO[bytes], on_bytes: Callable[[int], None]) -> None:
+        self.stream, self.on_bytes, self.bytes = stream, on_bytes, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.bytes += len(data)
+        self.on_bytes(self.bytes)
+        return data
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def fetch(ref: ArchiveRef, fmt: str, work: Path, pg_restore: PgRestore | None,
+          on_bytes: Callable[[int], None] | None = None) -> Fetched:
+    """The archive where the tools can load it from, read once (`pg_restore` lists its contents);
+    `on_bytes(n)`: the archive's bytes read so far (progress)."""
     local = isinstance(ref.store, LocalStore)
     size = ref.store.size(ref.key)
     if not local or fmt == "directory-tar":
@@ -67,7 +86,8 @@ def fetch(ref: ArchiveRef, fmt: str, work: Path, pg_restore: PgRestore | None) -
         into: Path | None = work / "archive.d"
     else:
         into = None if local else work / ref.name  # pg_restore -j needs a seekable file: S3 is copied
-    with contextlib.closing(ref.open()) as stream:
+    with contextlib.closing(ref.open()) as opened:
+        stream: Any = opened if on_bytes is None else _Counted(opened, on_bytes)
         contents = read_dump(stream, fmt, gz=ref.name.endswith(".gz"), pg_restore=pg_restore, into=into)
     if into is not None:
         return Fetched(path=into, contents=contents)

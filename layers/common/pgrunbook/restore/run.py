@@ -4,14 +4,15 @@
 target's guards), fetch and prove the archive, check the target again against what the archive
 itself needs, then mark, load, ANALYZE and unmark.
 
-Progress (the reporter the shell passes; default: log lines every Settings.progress_seconds) has two
-phases. "restore": for an archive, rows loaded of the manifest's exact row counts, polled on a separate
+Progress (the reporter the shell passes; default: log lines every Settings.progress_seconds) has three
+phases. "fetch": the archive's bytes read (downloaded from S3, hashed, listed) of its size. "restore": for
+an archive, rows loaded of the manifest's exact row counts, polled on a separate
 connection to the target from pg_stat_progress_copy (tuples_processed of each running COPY) and
 pg_stat_user_tables (n_tup_ins, what committed COPYs inserted); a table whose COPY was seen and has
 ended counts as complete. Chosen over the archive's TOC data sizes because the manifest's counts are
 exact and the server says exactly how far each COPY is, whatever the compression and whatever order
-pg_restore -j picks; index and constraint builds come after the last COPY (the bar then sits near
-100 % until pg_restore ends). For the runbook's plain script (no manifest): the file's bytes fed to
+pg_restore -j picks; index and constraint builds are not counted (once the last COPY ended the bar sits
+near 100 % until pg_restore ends). For the runbook's plain script (no manifest): the file's bytes fed to
 psql of its size. "analyze": tables analysed of all.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,7 +144,8 @@ def run_restore(opts: RestoreOptions, settings: Settings,
     with work_dir(opts.work_dir or settings.work_dir) as work:
         td = time.monotonic()
         log.info("fetching the archive", extra={"archive": ref.uri})
-        fetched = _fetch(plan, work)
+        with progress_.phase(reporter, "fetch", plan.ref.store.size(plan.ref.key), "bytes") as shown:
+            fetched = _fetch(plan, work, progress_.counted_callback(shown))
         _prove_archive(plan, fetched)  # sha256, manifest, contents; the guards again for what it holds
         plan.result.download_seconds = time.monotonic() - td
         refuse_changed(target)  # no other restore got there meanwhile
@@ -206,8 +208,8 @@ def _plan(ref: ArchiveRef, target: DatabaseUrl, opts: RestoreOptions, settings: 
                  allow_no_owner=allow_no_owner, no_owner=no_owner, no_acl=no_acl, tool=tool, result=result)
 
 
-def _fetch(plan: _Plan, work: Path) -> Fetched:
-    fetched = fetch(plan.ref, plan.fmt, work, None if plan.fmt == "plain" else PgRestore(plan.tool))
+def _fetch(plan: _Plan, work: Path, on_bytes: Callable[[int], None] | None = None) -> Fetched:
+    fetched = fetch(plan.ref, plan.fmt, work, None if plan.fmt == "plain" else PgRestore(plan.tool), on_bytes)
     plan.result.sha256, plan.result.bytes = fetched.sha256, fetched.bytes
     return fetched
 
