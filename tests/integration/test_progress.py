@@ -234,3 +234,34 @@ def test_the_lambda_steps_log_progress_lines(stack: Any, capsys: Any, monkeypatc
     assert finished["fetch"]["done"] == finished["fetch"]["total"] == backup["bytes"]  # downloaded from S3
     assert finished["restore"]["unit"] == "rows" and finished["restore"]["done"] == backup["rows"]
     assert finished["analyze"]["done"] == finished["verify"]["done"] == backup["tables"]
+
+
+def test_backup_expects_the_previous_backups_size_and_a_slow_listing_never_delays_it(
+        app_db: str, tmp_path: Path, monkeypatch: Any) -> None:
+    from pgrunbook import backup_index
+    from pgrunbook.backup import _PreviousBackup
+
+    first = _backup(app_db, tmp_path)
+    database = first.database
+    previous = _PreviousBackup(str(tmp_path), database, SETTINGS)
+    for _ in range(200):  # the lookup runs on its own thread: poll for its answer
+        if previous.bytes is not None:
+            break
+        threading.Event().wait(0.05)
+    assert previous.bytes == first.bytes
+
+    # a listing that does not answer until the backup is over: the backup finishes on the estimate
+    release, asked = threading.Event(), threading.Event()
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        asked.set()
+        release.wait(60)
+        return None
+
+    monkeypatch.setattr(backup_index, "latest_backup", slow)
+    try:
+        second = _backup(app_db, tmp_path)  # returns while the lookup still waits
+        assert second.bytes > 0
+        assert asked.wait(30)  # it was looked up (on its thread)
+    finally:
+        release.set()
