@@ -251,3 +251,27 @@ def test_skipping_sha256_files_leaves_out_nothing_else(aws_env: None) -> None:
     assert set(skipped) <= set(everything) and all(skipped[k] == everything[k] for k in skipped)
     # only the .sha256 of a listed archive is left out (and what starts with it)
     assert left_out == {k + ".sha256" for k in keys[1:]}
+
+
+def test_status_and_list_show_the_newest_backup_that_exists(tmp_path: Path, clean_env: None,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from pgrunbook.cli import main
+
+    store = LocalStore(tmp_path / "b")
+    keys = seed_backups(put(store), 6, databases=2)
+    for k in keys:
+        record(store, k)
+    newest = max((k for k in keys if k.startswith("db01/")), key=lambda k: k.rsplit("/", 1)[-1])
+    for suffix in ("", ".sha256", MANIFEST_SUFFIX):
+        store.delete(newest + suffix)  # expired: its index entry is stale
+    expected = next(e for e in reference(store) if e.database == "db01")
+    monkeypatch.setenv("PGRUNBOOK_DATABASES", json.dumps([{"name": "db01", "secret_arn": "arn:aws:secretsmanager:x",
+                                                           "dbname": "db01"}]))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # AWS is not reached
+    assert main(["status", "--from", str(store.base), "--no-pitr", "--json"]) == 1  # backups from 2025: old
+    (row,) = json.loads(capsys.readouterr().out)["databases"]
+    assert row["backup"]["archive"] == expected.archive != store.uri(newest)
+    assert main(["list", "--from", str(store.base), "--json"]) == 0
+    assert [b["archive"] for b in json.loads(capsys.readouterr().out)["backups"]] == [
+        e.archive for e in reference(store)]
