@@ -252,8 +252,10 @@ def test_backup_expects_the_previous_backups_size_and_a_slow_listing_never_delay
 
     # a listing that does not answer until the backup is over: the backup finishes on the estimate
     release, asked = threading.Event(), threading.Event()
+    where: list[threading.Thread] = []
 
     def slow(*args: Any, **kwargs: Any) -> Any:
+        where.append(threading.current_thread())
         asked.set()
         release.wait(60)
         return None
@@ -262,6 +264,7 @@ def test_backup_expects_the_previous_backups_size_and_a_slow_listing_never_delay
     try:
         second = _backup(app_db, tmp_path)  # returns while the lookup still waits
         assert second.bytes > 0
-        assert asked.wait(30)  # it was looked up (on its thread)
+        assert asked.wait(30)  # it was looked up, on its own thread
+        assert where[0] is not threading.main_thread()
     finally:
         release.set()
