@@ -115,7 +115,11 @@ def test_backup_to_s3_streams_a_multipart_upload_with_sse(sample_db: str, bucket
     assert re.fullmatch(r"prod/app_\w+/manual/\d{4}/\d{2}/db-backup-\d{8}-\d{6}Z\.dump", key)
     s3 = aws.client("s3")
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
-    assert keys == {key, f"{key}.sha256", f"{key}.manifest.json"}
+    database = key.split("/")[1]
+    # and the database's backup index (backup_index.py) now lists it
+    assert keys == {key, f"{key}.sha256", f"{key}.manifest.json", f"prod/{database}/_index/backups.json"}
+    index = json.loads(s3.get_object(Bucket=bucket, Key=f"prod/{database}/_index/backups.json")["Body"].read())
+    assert key.removeprefix(f"prod/{database}/") in json.dumps(index)
     head = s3.head_object(Bucket=bucket, Key=key)
     assert head["ServerSideEncryption"] == "AES256"
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()

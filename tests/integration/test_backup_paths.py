@@ -97,7 +97,7 @@ def test_any_database_name_lands_under_the_s3_prefix_and_lists_by_its_real_name(
         assert result.archive.startswith(f"s3://{bucket}/team/backups/")
     # Then every key is under the prefix, with no empty, '.', '..' or non-printable segment
     keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
-    assert len(keys) == 3 * len(hostile_dbs)
+    assert len(keys) == 4 * len(hostile_dbs)  # archive, .sha256, manifest and the database's backup index
     for key in keys:
         assert key.startswith("team/backups/") and _safe_segments(key), key
     # And `list` shows the real names

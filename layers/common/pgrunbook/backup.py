@@ -37,7 +37,7 @@ from typing import Any
 
 import psycopg
 
-from . import __version__, dbinfo, lockwait
+from . import __version__, backup_index, dbinfo, lockwait, rowcount
 from . import progress as progress_
 from .dburl import DatabaseUrl
 from .errors import BackupFailed, OutputExists, PgrunbookError, StoreError, ToolError, UsageError
@@ -45,7 +45,7 @@ from .keys import MANIFEST_SUFFIX, SHA256_SUFFIX, archive_key
 from .manifest import MANIFEST_VERSION, Manifest, sha256_line
 from .manifest import _validator as manifest_validator
 from .manifest import contents as manifest_contents
-from .pgtools import PgDump, RunningTool
+from .pgtools import PgDump, PgRestore, RunningTool
 from .processes import ToolProcess, guard_path
 from .settings import COMPRESSIONS, KINDS, Settings
 from .store import LocalStore, ObjectWriter, Store, open_store
@@ -55,6 +55,7 @@ CHUNK = 1024 * 1024
 # Archive bytes per byte of pg_database_size when no previous backup of the database says better: stated
 # estimates (the sample data measured 0.02-0.06 with zstd:1, the benchmark's 0.06; indexes are not dumped).
 COMPRESSION_ESTIMATE = {"zstd": 0.08, "gzip": 0.10, "none": 0.6}
+
 
 @dataclass(frozen=True)
 class BackupOptions:
@@ -156,7 +157,7 @@ def _plan(opts: BackupOptions, settings: Settings, database: str, when: datetime
 
     # an empty --to is a usage error (open_store), not the default destination
     store = open_store(settings.backup_dest if opts.dest is None else opts.dest, kms_key_id=settings.kms_key_id,
-                       part_size_mb=settings.multipart_chunk_mb)
+                       part_size_mb=settings.multipart_chunk_mb, expected_bytes=db_size, spool_dir=settings.work_dir)
     compression = _compression(opts.compress, settings.compress_level, plain=False)
     jobs = _jobs(opts, settings)
     fmt = "custom"
@@ -388,14 +389,19 @@ class _CatalogReader:
     """Reads what the manifest needs (exact counts, sequences, extensions, roles, Prisma state)
     on the backup's connection, in the exported snapshot, while pg_dump dumps that snapshot.
 
+    Exact counts (docs/architecture.md, "Exact counts"): a parallel dump's rows are counted in its
+    own data files while they are packed (rowcount.py: no second read of the database, the core
+    that packing leaves idle does it), `count=False` here; every other format, every table whose
+    data file cannot be read that way, and Settings.count_method "snapshot" count here with count(*).
     On a CPU-bound machine pg_dump's backends and workers keep every core busy, so the counts
     cost what their CPU costs wherever they run. They therefore run without parallel workers
     (the cheapest plan in CPU: no worker start-up, no tuple queues; measured ~25 % less server
     CPU than the parallel plan) and without JIT, concurrently with the dump, which hides them
     entirely when the server has a core to spare."""
 
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
+    def __init__(self, conn: Any, *, count: bool = True) -> None:
+        self.conn, self.count = conn, count
+        self.tables: list[dbinfo.TableRef] = []
         self.counts: dict[dbinfo.TableRef, int] = {}
         self.seqs: dict[tuple[str, str], int | None] = {}
         self.exts: dict[str, str] = {}
@@ -413,8 +419,9 @@ class _CatalogReader:
         conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         # JIT would compile code for every big count(*) (jit_above_cost): pure overhead here
         conn.execute("SELECT set_config('jit', 'off', true) WHERE current_setting('jit', true) IS NOT NULL")
-        tables = dbinfo.user_tables(conn)
-        self.counts = dbinfo.exact_counts(conn, tables)
+        self.tables = dbinfo.user_tables(conn)
+        if self.count:
+            self.counts = dbinfo.exact_counts(conn, self.tables)
         self.seqs = dbinfo.sequences(conn)
         self.exts = dbinfo.extensions(conn)
         self.roles = dbinfo.roles_used(conn)
@@ -424,6 +431,17 @@ class _CatalogReader:
         self.prisma = dbinfo.prisma_migrations(conn, self.prisma_schema) if self.prisma_schema is not None else None
         self.seconds = time.monotonic() - tc
         manifest_validator()  # compiled now rather than after the archive is written
+
+    def add_archive_counts(self, counter: rowcount.ArchiveCounter) -> None:
+        """The counts read from the staged dump, and count(*) in the snapshot for any table they lack."""
+        counts = counter.result()
+        tc = time.monotonic()
+        if counter.missing:
+            log.info("counting in the snapshot the tables whose data files could not be counted",
+                     extra={"tables": len(counter.missing)})
+            counts.update(dbinfo.exact_counts(self.conn, counter.missing))
+        self.counts = {t: counts[t] for t in self.tables}
+        self.seconds += counter.seconds + time.monotonic() - tc
 
 
 def run_backup(opts: BackupOptions, settings: Settings,
@@ -505,7 +523,8 @@ def run_backup(opts: BackupOptions, settings: Settings,
             pumper.start()
 
             # The counts run now, in the exported snapshot, while pg_dump dumps it.
-            reader = _CatalogReader(conn)
+            from_archive = plan.fmt == "directory-tar" and settings.count_method == "archive"
+            reader = _CatalogReader(conn, count=not from_archive)
             counting.set()
             try:
                 reader.run()
@@ -529,7 +548,16 @@ def run_backup(opts: BackupOptions, settings: Settings,
             watch.stop()
             if staging is not None:
                 shown.packing()
-                _tar_directory(staging / "dump", sink)
+                counter = rowcount.ArchiveCounter(staging / "dump", reader.tables, PgRestore.find(
+                    None, min_major=identity.major, pg_bin=settings.pg_bin)).start() if from_archive else None
+                try:
+                    _tar_directory(staging / "dump", sink)
+                except BaseException:
+                    if counter is not None:
+                        counter.cancel()
+                    raise
+                if counter is not None:
+                    reader.add_archive_counts(counter)
             sink.close()
             writer.commit()
             shown.done()
@@ -599,6 +627,8 @@ def run_backup(opts: BackupOptions, settings: Settings,
             except StoreError:
                 log.warning("could not remove a partial backup object", extra={"object": plan.store.uri(key)})
         raise
+    if not opts.out:  # the destination's per-database index (backup_index.py): a failure only costs `list` a read
+        backup_index.record(plan.store, plan.key)
     result = BackupResult(archive=plan.store.uri(plan.key), manifest=plan.store.uri(manifest_key), sha256=digest,
                           bytes=sink.bytes, tables=len(counts), rows=sum(counts.values()), seconds=seconds,
                           format=plan.fmt, kind=opts.kind, database=identity.database,

@@ -29,12 +29,14 @@ import zlib
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from .dbinfo import TableRef
-from .dumpfile import TocEntry, parse_toc
 from .errors import BackupFailed
-from .pgtools import PgRestore
+
+if TYPE_CHECKING:  # dumpfile and pgtools are imported on the counting thread, off the backup's start-up path
+    from .dumpfile import TocEntry
+    from .pgtools import PgRestore
 
 CHUNK = 1024 * 1024
 TERMINATOR = b"\\.\n\n\n"  # what pg_dump writes after a table's COPY rows
@@ -111,6 +113,8 @@ class ArchiveCounter:
         self._stop = threading.Event()
 
     def _count_all(self) -> dict[TableRef, int]:
+        from .dumpfile import parse_toc
+
         t0 = time.monotonic()
         counts: dict[TableRef, int] = {}
         files = data_files(self.folder, parse_toc(self.pg_restore.list_toc(self.folder)), self.tables)

@@ -58,6 +58,7 @@ VARIABLES: dict[str, str] = {
     "PGRUNBOOK_WORK_DIR": "Settings.work_dir",
     "PGRUNBOOK_PROGRESS_SECONDS": "Settings.progress_seconds",
     "PGRUNBOOK_COUNT_METHOD": "Settings.count_method",
+    "PGRUNBOOK_VERIFY_JOBS": "Settings.verify_jobs",
     "PGRUNBOOK_SQUAWK": "Settings.squawk",
     "PGRUNBOOK_SSLMODE": "Settings.sslmode",
     "PGHOST": "Settings.libpq.host",
@@ -557,7 +558,7 @@ class Settings:
     pg_bin: str | None = None
     compress_level: int = 1
     dump_jobs: int = 0  # 0 = choose by CPU count
-    multipart_chunk_mb: int = 16
+    multipart_chunk_mb: int | None = None  # S3 part size override (default: from the database size, store.py)
     min_free_space_factor: float = 1.5
     lock_wait_timeout: int = 120  # seconds a backup waits for a table lock (0: forever)
     work_dir: str | None = None  # where restores download (default: the system's temporary folder)
@@ -565,6 +566,7 @@ class Settings:
     # exact counts: "archive" = read from a parallel dump's own data files (no second read of the
     # database; other formats count in the snapshot), "snapshot" = count(*) in the dump's snapshot
     count_method: str = "archive"
+    verify_jobs: int | None = None  # verify's counting connections (default: verify.default_jobs())
     squawk: str | None = None  # the squawk binary of the lint gate (default: found on PATH)
     sslmode: str = "require"  # connections to the stack's databases and to new RDS targets
     libpq: LibpqDefaults = field(default_factory=LibpqDefaults)
@@ -595,11 +597,12 @@ class Settings:
             pg_bin=r.text("PGRUNBOOK_PG_BIN"),
             compress_level=r.integer("PGRUNBOOK_COMPRESS_LEVEL", 1),
             dump_jobs=r.integer("PGRUNBOOK_DUMP_JOBS", 0, minimum=0),
-            multipart_chunk_mb=r.integer("PGRUNBOOK_MULTIPART_CHUNK_MB", 16, minimum=5),
+            multipart_chunk_mb=r.integer("PGRUNBOOK_MULTIPART_CHUNK_MB", 0, minimum=5) or None,
             lock_wait_timeout=r.integer("PGRUNBOOK_LOCK_WAIT_TIMEOUT", 120, minimum=0),
             work_dir=r.text("PGRUNBOOK_WORK_DIR"),
             progress_seconds=r.number("PGRUNBOOK_PROGRESS_SECONDS", 5.0, minimum=0),
             count_method=r.one_of("PGRUNBOOK_COUNT_METHOD", COUNT_METHODS, "archive"),
+            verify_jobs=r.integer("PGRUNBOOK_VERIFY_JOBS", 0, minimum=1) or None,
             squawk=r.text("PGRUNBOOK_SQUAWK"),
             sslmode=r.string("PGRUNBOOK_SSLMODE", "require"),
             libpq=LibpqDefaults.read(r),

@@ -432,7 +432,7 @@ def run_verify(opts: VerifyOptions, settings: Settings, *, on_progress: Progress
 
     t0 = time.monotonic()
     report = VerifyReport(target=url.display(), manifest=manifest_uri)
-    _db_checks(report, url, manifest, opts.jobs or default_jobs(), on_progress)
+    _db_checks(report, url, manifest, opts.jobs or settings.verify_jobs or default_jobs(), on_progress)
     if opts.app_url:
         for check in checks:
             report.checks.append(http_check(opts.app_url, check, opts.http_timeout))
