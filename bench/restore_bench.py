@@ -288,15 +288,19 @@ def _paired(samples: dict[str, list[float]], details: dict[str, list[dict[str, A
 
 
 # --------------------------------------------------------------------------- tuning (`--tune`)
-# Variants of the pg_restore run itself, on top of the package's own session settings (RESTORE_SESSION);
-# each is a (jobs, session) pair. Only settings a non-superuser can set in its own session.
+# Variants of the pg_restore run itself, on top of the package's own session settings (RESTORE_SESSION and,
+# as restore.guards adds them on this superuser-run, lz4-built server: wal_compression and
+# default_toast_compression lz4); each is a (jobs, session) pair.
+PACKAGE_EXTRAS = {"wal_compression": "lz4", "default_toast_compression": "lz4"}
 VARIANTS: dict[str, tuple[int, dict[str, str]]] = {
     "j2": (2, {}),
     "j2-pmw0": (2, {"max_parallel_maintenance_workers": "0"}),
     "j3": (3, {}),
     "j4": (4, {}),
-    "j2-lz4": (2, {"default_toast_compression": "lz4"}),
+    "j2-pglz": (2, {"default_toast_compression": "pglz"}),
+    "j2-nowalc": (2, {"wal_compression": "off"}),
     "j2-mwm128": (2, {"maintenance_work_mem": "128MB"}),
+    "j2-mwm1g": (2, {"maintenance_work_mem": "1GB"}),
 }
 
 
@@ -330,7 +334,8 @@ def run_variant(db: datagen.BenchDb, source: str, jobs: int, session: dict[str, 
 
     url = _fresh_db(db, "bench_restore_var")
     env = _env(db)
-    env["PGOPTIONS"] = " ".join(f"-c {k}={v}" for k, v in {**RESTORE_SESSION, **session}.items())
+    settings = {**RESTORE_SESSION, **PACKAGE_EXTRAS, **session}
+    env["PGOPTIONS"] = " ".join(f"-c {k}={v}" for k, v in settings.items())
     argv = [str(db.bin_dir / "pg_restore"), f"--dbname={DatabaseUrl.parse(url).conninfo()}", "--exit-on-error",
             f"--jobs={jobs}", *(["--verbose"] if trace else []), source]
     wal0, ck0 = _server_stats(db)
