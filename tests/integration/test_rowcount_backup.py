@@ -132,3 +132,32 @@ def test_a_data_file_that_cannot_be_counted_is_counted_in_the_snapshot(
     # Then the snapshot's count(*) stands in, and says so
     assert Manifest(result.manifest_data).tables == {"public.a": 1234, "public.b": 56}
     assert any("could not be counted" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_counts_indexed_all_visible_tables_in_the_snapshot_and_the_rest_from_the_archive(
+        fresh_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a vacuumed table with a primary key (count(*) reads the index), a small one (a few pages), one without
+    # an index, and one with an index whose pages were just written (not all-visible yet), the last two over 1 MB
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE indexed AS SELECT g AS id, md5(g::text) AS body FROM generate_series(1, 20000) g")
+        conn.execute("ALTER TABLE indexed ADD PRIMARY KEY (id)")
+        conn.execute("CREATE TABLE heap_only AS SELECT g AS id FROM generate_series(1, 100000) g")
+        conn.execute("CREATE TABLE small AS SELECT g AS id FROM generate_series(1, 300) g")
+        conn.execute("VACUUM (ANALYZE) indexed, heap_only, small")
+        conn.execute("CREATE TABLE fresh (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO fresh SELECT generate_series(1, 50000)")
+        conn.execute("ANALYZE fresh")
+    asked: list[str] = []
+    real = dbinfo.exact_counts
+
+    def spy(conn: psycopg.Connection[object], tables: list[dbinfo.TableRef], *args: object) -> dict[object, int]:
+        asked.extend(t.name for t in tables)
+        return real(conn, tables)  # type: ignore[arg-type, return-value]
+
+    monkeypatch.setattr(dbinfo, "exact_counts", spy)
+    # When it is backed up in parallel with the default method
+    result = run_backup(BackupOptions(database_url=fresh_db, dest=str(tmp_path), jobs=2), Settings.from_env({}))
+    # Then only the indexed, all-visible table was counted with count(*); the others came from their data files
+    assert sorted(asked) == ["indexed", "small"]
+    assert Manifest(result.manifest_data).tables == {"public.indexed": 20000, "public.heap_only": 100000,
+                                                     "public.small": 300, "public.fresh": 50000}

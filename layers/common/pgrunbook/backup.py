@@ -389,19 +389,22 @@ class _CatalogReader:
     """Reads what the manifest needs (exact counts, sequences, extensions, roles, Prisma state)
     on the backup's connection, in the exported snapshot, while pg_dump dumps that snapshot.
 
-    Exact counts (docs/architecture.md, "Exact counts"): a parallel dump's rows are counted in its
-    own data files while they are packed (rowcount.py: no second read of the database, the core
-    that packing leaves idle does it), `count=False` here; every other format, every table whose
-    data file cannot be read that way, and Settings.count_method "snapshot" count here with count(*).
+    Exact counts (docs/architecture.md, "Exact counts"), by Settings.count_method: "snapshot" counts
+    every table here with count(*); with a parallel dump, "archive" leaves every table to rowcount.py
+    (its rows counted in the dump's own data files while they are packed: no second read of the
+    database), and "auto" counts here only the tables count(*) counts from an index or a small heap
+    (dbinfo.cheap_to_count: cheaper in CPU than decompressing their data) and leaves the rest, whose
+    heaps a count(*) would read in full, to the data files. Streamed formats count every table here.
     On a CPU-bound machine pg_dump's backends and workers keep every core busy, so the counts
     cost what their CPU costs wherever they run. They therefore run without parallel workers
     (the cheapest plan in CPU: no worker start-up, no tuple queues; measured ~25 % less server
     CPU than the parallel plan) and without JIT, concurrently with the dump, which hides them
     entirely when the server has a core to spare."""
 
-    def __init__(self, conn: Any, *, count: bool = True) -> None:
-        self.conn, self.count = conn, count
+    def __init__(self, conn: Any, *, method: str = "snapshot") -> None:
+        self.conn, self.method = conn, method
         self.tables: list[dbinfo.TableRef] = []
+        self.from_archive: list[dbinfo.TableRef] = []  # left to rowcount.ArchiveCounter
         self.counts: dict[dbinfo.TableRef, int] = {}
         self.seqs: dict[tuple[str, str], int | None] = {}
         self.exts: dict[str, str] = {}
@@ -420,8 +423,14 @@ class _CatalogReader:
         # JIT would compile code for every big count(*) (jit_above_cost): pure overhead here
         conn.execute("SELECT set_config('jit', 'off', true) WHERE current_setting('jit', true) IS NOT NULL")
         self.tables = dbinfo.user_tables(conn)
-        if self.count:
-            self.counts = dbinfo.exact_counts(conn, self.tables)
+        here = self.tables
+        if self.method == "archive":
+            here = []
+        elif self.method == "auto":
+            here = sorted(dbinfo.cheap_to_count(conn, self.tables))
+        counted_here = set(here)
+        self.from_archive = [t for t in self.tables if t not in counted_here]
+        self.counts = dbinfo.exact_counts(conn, here)
         self.seqs = dbinfo.sequences(conn)
         self.exts = dbinfo.extensions(conn)
         self.roles = dbinfo.roles_used(conn)
@@ -434,7 +443,8 @@ class _CatalogReader:
 
     def add_archive_counts(self, counter: rowcount.ArchiveCounter) -> None:
         """The counts read from the staged dump, and count(*) in the snapshot for any table they lack."""
-        counts = counter.result()
+        counts = dict(self.counts)
+        counts.update(counter.result())
         tc = time.monotonic()
         if counter.missing:
             log.info("counting in the snapshot the tables whose data files could not be counted",
@@ -523,8 +533,7 @@ def run_backup(opts: BackupOptions, settings: Settings,
             pumper.start()
 
             # The counts run now, in the exported snapshot, while pg_dump dumps it.
-            from_archive = plan.fmt == "directory-tar" and settings.count_method == "archive"
-            reader = _CatalogReader(conn, count=not from_archive)
+            reader = _CatalogReader(conn, method=settings.count_method if plan.fmt == "directory-tar" else "snapshot")
             counting.set()
             try:
                 reader.run()
@@ -548,8 +557,8 @@ def run_backup(opts: BackupOptions, settings: Settings,
             watch.stop()
             if staging is not None:
                 shown.packing()
-                counter = rowcount.ArchiveCounter(staging / "dump", reader.tables, PgRestore.find(
-                    None, min_major=identity.major, pg_bin=settings.pg_bin)).start() if from_archive else None
+                counter = rowcount.ArchiveCounter(staging / "dump", reader.from_archive, PgRestore.find(
+                    None, min_major=identity.major, pg_bin=settings.pg_bin)).start() if reader.from_archive else None
                 try:
                     _tar_directory(staging / "dump", sink)
                 except BaseException:

@@ -216,6 +216,26 @@ def user_tables(conn: psycopg.Connection[Any]) -> list[TableRef]:
     return [TableRef(str(s), str(t), int(o)) for s, t, o in rows]
 
 
+ALL_VISIBLE_SHARE = 0.9  # cheap_to_count: the share of pages the visibility map must mark all-visible
+SMALL_TABLE_PAGES = 128  # cheap_to_count: a heap this small (1 MB) costs nothing to scan
+
+
+def cheap_to_count(conn: psycopg.Connection[Any], tables: list[TableRef]) -> set[TableRef]:
+    """The tables count(*) counts without reading a large heap: small ones (under SMALL_TABLE_PAGES), and
+    those with a valid, non-partial B-tree index and at least ALL_VISIBLE_SHARE of their pages all-visible
+    (pg_class.relpages / relallvisible, as of the last VACUUM or ANALYZE): the planner counts those with an
+    index-only scan. Only the cost depends on this guess, never the count: count(*) is exact either way."""
+    rows = conn.execute("""
+        SELECT c.oid::bigint FROM pg_class c
+        WHERE c.oid = ANY(%s) AND (c.relpages < %s OR (c.relallvisible >= %s * c.relpages
+          AND EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                      JOIN pg_am am ON am.oid = ic.relam
+                      WHERE i.indrelid = c.oid AND i.indisvalid AND i.indpred IS NULL AND am.amname = 'btree')))""",
+                        ([t.oid for t in tables], SMALL_TABLE_PAGES, ALL_VISIBLE_SHARE)).fetchall()
+    oids = {int(r[0]) for r in rows}
+    return {t for t in tables if t.oid in oids}
+
+
 def exact_counts(conn: psycopg.Connection[Any], tables: list[TableRef],
                  batch: int = 200) -> dict[TableRef, int]:
     """count(*) of every table, in batches of UNION ALL (one round trip per batch)."""

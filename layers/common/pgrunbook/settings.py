@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 KINDS = ("scheduled", "manual", "pre-migration", "cutover")  # cutover: the final backup of a frozen source
 COMPRESSIONS = ("zstd", "gzip", "none")
-COUNT_METHODS = ("archive", "snapshot")
+COUNT_METHODS = ("auto", "archive", "snapshot")
 OFF = ("off", "false", "0", "no")
 ON = ("on", "true", "1", "yes")
 
@@ -563,9 +563,10 @@ class Settings:
     lock_wait_timeout: int = 120  # seconds a backup waits for a table lock (0: forever)
     work_dir: str | None = None  # where restores download (default: the system's temporary folder)
     progress_seconds: float = 5.0  # a backup says how far it got this often
-    # exact counts: "archive" = read from a parallel dump's own data files (no second read of the
-    # database; other formats count in the snapshot), "snapshot" = count(*) in the dump's snapshot
-    count_method: str = "archive"
+    # exact counts (docs/architecture.md "Exact counts"): "snapshot" = count(*) in the dump's snapshot;
+    # with a parallel dump "archive" = every table from the dump's own data files, "auto" = count(*) where
+    # it reads an index, the data files for the rest (streamed formats always count in the snapshot)
+    count_method: str = "auto"
     verify_jobs: int | None = None  # verify's counting connections (default: verify.default_jobs())
     squawk: str | None = None  # the squawk binary of the lint gate (default: found on PATH)
     sslmode: str = "require"  # connections to the stack's databases and to new RDS targets
@@ -601,7 +602,7 @@ class Settings:
             lock_wait_timeout=r.integer("PGRUNBOOK_LOCK_WAIT_TIMEOUT", 120, minimum=0),
             work_dir=r.text("PGRUNBOOK_WORK_DIR"),
             progress_seconds=r.number("PGRUNBOOK_PROGRESS_SECONDS", 5.0, minimum=0),
-            count_method=r.one_of("PGRUNBOOK_COUNT_METHOD", COUNT_METHODS, "archive"),
+            count_method=r.one_of("PGRUNBOOK_COUNT_METHOD", COUNT_METHODS, "auto"),
             verify_jobs=r.integer("PGRUNBOOK_VERIFY_JOBS", 0, minimum=1) or None,
             squawk=r.text("PGRUNBOOK_SQUAWK"),
             sslmode=r.string("PGRUNBOOK_SSLMODE", "require"),
