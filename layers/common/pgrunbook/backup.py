@@ -265,7 +265,7 @@ class _BackupProgress:
         self._begin(label, estimate, self._dumped)
 
     def _begin(self, label: str, total: float | None, poll: Callable[[], Any]) -> None:
-        progress_._safe(self.reporter.start, label, total, "bytes")
+        progress_.safely(self.reporter.start, label, total, "bytes")
         self.ticker = progress_.Ticker(self.reporter, poll, name="backup-progress")
         self.ticker.__enter__()
 
@@ -287,13 +287,13 @@ class _BackupProgress:
                 self.ticker.tick()
             self.ticker = None
         if finished:
-            progress_._safe(self.reporter.finish)
+            progress_.safely(self.reporter.finish)
         else:
-            progress_._safe(progress_._abandon, self.reporter)
+            progress_.safely(progress_.abandon, self.reporter)
 
     def done(self) -> None:
         """The archive is written: its size is the total (an estimate until now)."""
-        progress_._safe(self.reporter.update, self.sink.bytes, self.sink.bytes)
+        progress_.safely(self.reporter.update, self.sink.bytes, self.sink.bytes)
         self._end(finished=True)
 
     def failed(self) -> None:

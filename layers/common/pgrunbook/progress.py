@@ -338,7 +338,7 @@ def phase(reporter: Progress, label: str, total: float | None, unit: str = "byte
           poll: Callable[[], Any] | None = None) -> Iterator[Progress]:
     """`with phase(reporter, "restore", total, "rows", poll):` start, poll while the block runs (if `poll`),
     then one last poll and finish when the block succeeds (a failed block is not shown as 100 %)."""
-    _safe(reporter.start, label, total, unit)
+    safely(reporter.start, label, total, unit)
     ticker = Ticker(reporter, poll) if poll is not None else None
     ok = False
     try:
@@ -351,12 +351,12 @@ def phase(reporter: Progress, label: str, total: float | None, unit: str = "byte
         ok = True
     finally:
         if ok:
-            _safe(reporter.finish)
+            safely(reporter.finish)
         else:
-            _safe(_abandon, reporter)
+            safely(abandon, reporter)
 
 
-def _abandon(reporter: Progress) -> None:
+def abandon(reporter: Progress) -> None:
     """Stop drawing after a failure without claiming 100 %: a Bar stops where it was; lines say nothing more."""
     if isinstance(reporter, Bar):
         with reporter._lock:
@@ -369,7 +369,7 @@ def _abandon(reporter: Progress) -> None:
             reporter._state = None
 
 
-def _safe(fn: Callable[..., Any], *args: Any) -> None:
+def safely(fn: Callable[..., Any], *args: Any) -> None:
     try:
         fn(*args)
     except Exception as exc:  # progress never fails the operation
@@ -391,5 +391,5 @@ def counted_callback(reporter: Progress) -> Callable[..., None]:
     """A callback `(done[, total, *rest])` (verify's on_progress, the migrations' on_applied, a byte counter)
     feeding `reporter`; it never raises."""
     def callback(done: float, total: float | None = None, *rest: Any) -> None:
-        _safe(reporter.update, done, total)
+        safely(reporter.update, done, total)
     return callback
