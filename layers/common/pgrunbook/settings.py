@@ -562,7 +562,7 @@ class Settings:
     min_free_space_factor: float = 1.5
     lock_wait_timeout: int = 120  # seconds a backup waits for a table lock (0: forever)
     work_dir: str | None = None  # where restores download (default: the system's temporary folder)
-    progress_seconds: float = 5.0  # a backup says how far it got this often
+    progress_seconds: float = 5.0  # off a terminal, long commands print a progress line this often (0: every poll)
     # exact counts (docs/architecture.md "Exact counts"): "snapshot" = count(*) in the dump's snapshot;
     # with a parallel dump "archive" = every table from the dump's own data files, "auto" = count(*) where
     # it reads an index, the data files for the rest (streamed formats always count in the snapshot)
