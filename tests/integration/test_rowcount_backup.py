@@ -1,10 +1,10 @@
-"""Exact counts read from a parallel dump's own data files (rowcount.py) against a real server and real pg_dump."""
+"""Exact counts read from a parallel dump's own data files (rowcount.py) against a real server and real pg_dump.
+Under concurrent writes: tests/integration/test_backup.py (both counting methods)."""
 
 from __future__ import annotations
 
 import random
 import tarfile
-import threading
 from pathlib import Path
 
 import psycopg
@@ -15,8 +15,6 @@ from pgrunbook import dbinfo, rowcount
 from pgrunbook.backup import BackupOptions, run_backup
 from pgrunbook.manifest import Manifest
 from pgrunbook.settings import Settings
-from tests.fixtures.processes import wait_until
-from tests.integration.test_backup import _rows_in_archive
 
 HOSTILE = ["plain", "Mixed Case", "dot.ted", "new\nline", "tab\there", "back\\slash", 'quo"te', "ünï😀", " lead"]
 VALUES = ["", "\\.", "a\nb", "c\rd", "e\tf", "\\N", "g\\h", "é😀", "x" * 3000]
@@ -82,41 +80,6 @@ def test_generated_tables_count_the_same_from_the_archive_as_in_the_snapshot(
         assert result.format == "directory-tar"
         assert _rows(result.manifest_data) == expected, compress
         assert Manifest(result.manifest_data).data["tables"] == snapshot.manifest_data["tables"]
-
-
-def test_counts_from_the_archive_are_the_archive_rows_under_concurrent_writes(fresh_db: str, tmp_path: Path) -> None:
-    # Given a table big enough that the dump takes a while, and a writer inserting all along
-    with psycopg.connect(fresh_db, autocommit=True) as conn:
-        conn.execute("CREATE TABLE events (id bigserial PRIMARY KEY, body text)")
-        conn.execute("INSERT INTO events(body) SELECT repeat(md5(g::text), 8) FROM generate_series(1, 200000) g")
-        conn.execute("CREATE TABLE audit (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())")
-    stop = threading.Event()
-    inserted = [0]
-
-    def writer() -> None:
-        with psycopg.connect(fresh_db, autocommit=True) as conn:
-            while not stop.is_set():
-                conn.execute("INSERT INTO events(body) VALUES ('x')")
-                conn.execute("INSERT INTO audit DEFAULT VALUES")
-                inserted[0] += 1
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        wait_until(lambda: inserted[0] > 0, "the writer to write")
-        before = inserted[0]
-        # When a parallel backup counting from its own data files runs meanwhile
-        result = run_backup(BackupOptions(database_url=fresh_db, dest=str(tmp_path), jobs=2), _settings("archive"))
-        after = inserted[0]
-    finally:
-        stop.set()
-        thread.join()
-    assert after > before, "the writer must have written during the backup"
-    # Then the manifest's counts are exactly the rows the archive holds, a snapshot behind the live table
-    archived = _rows_in_archive(_extract(Path(result.archive), tmp_path / "x"))
-    manifest = Manifest(result.manifest_data).tables
-    assert manifest == {"public.events": archived["public.events"], "public.audit": archived["public.audit"]}
-    assert _live_counts(fresh_db)[("public", "events")] > manifest["public.events"]
 
 
 def test_a_data_file_that_cannot_be_counted_is_counted_in_the_snapshot(
