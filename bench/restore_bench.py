@@ -2,7 +2,8 @@
 
 Called by bench/run.py (`bench_restore(db=..., reps=..., scale=..., work=...)`), or on its own:
 
-    .venv/bin/python bench/restore_bench.py [--scale full|small] [--reps N]
+    .venv/bin/python bench/restore_bench.py [--scale small|medium|large] [--mix events|md5|wide] [--reps N]
+                                            [--no-fresh] [--breakdown] [--tune [VARIANT ...]]
 
 On the benchmark database (bench/datagen.py), not timed: the runbook's `pg_dump | gzip` file and a
 `pgrunbook backup` archive. Then per repetition, after a CHECKPOINT and in rotating order:
@@ -17,6 +18,11 @@ On the benchmark database (bench/datagen.py), not timed: the runbook's `pg_dump 
 
 and once: the whole `pgrunbook drill --provisioner local-instance` (provision -> restore -> reset ->
 verify -> teardown). Ratios are baseline / pgrunbook (medians). Targets: existing >= 1.4x, fresh >= 1.7x.
+The first `existing` copy is also checked with `pgrunbook verify` against the manifest (timed).
+
+`--tune` instead alternates the runbook, `pgrunbook restore` and `pg_restore` variants (VARIANTS: job
+counts and session settings on top of the package's) and traces one `--verbose` run per variant: each
+item's time, the WAL written and the checkpoints (docs/benchmarks.md, where a restore's time goes).
 """
 
 from __future__ import annotations
