@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test unit lint bench clean help sam-build
+.PHONY: setup demo test unit lint bench bench-list clean help sam-build
 
 help:
 	@echo "make demo   - run the pipeline on this machine (local Postgres, local S3)"
@@ -18,6 +18,7 @@ help:
 	@echo "make lint   - ruff, mypy and the template/state-machine checks"
 	@echo "make bench  - benchmarks against the runbook's own commands (builds a ~1.25 GB database;"
 	@echo "              SCALE=small|medium|large MIX=events|md5|wide|all REPS=N)"
+	@echo "make bench-list - pgrunbook list over 1,200 and 10,000 backups on a local S3"
 	@echo "make setup  - create $(VENV) and install everything"
 
 setup: $(STAMP)
@@ -78,6 +79,10 @@ sam-build: setup $(SAM_VENV)/.installed
 # make bench [SCALE=small|medium|large] [MIX=events|md5|wide|all] [REPS=N] (make cannot take --scale itself)
 bench: setup
 	$(PY) bench/run.py $(if $(SCALE),--scale $(SCALE)) $(if $(MIX),--mix $(MIX)) $(if $(REPS),--reps $(REPS))
+
+# `pgrunbook list` over 1,200 and 10,000 backups in one prefix of a local S3 (moto server)
+bench-list: setup
+	$(PY) bench/list_bench.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
