@@ -5,6 +5,7 @@ with --json; restore's row progress read from the target's progress views while 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -219,6 +220,15 @@ def test_the_lambda_steps_log_progress_lines(stack: Any, capsys: Any, monkeypatc
     from pgrunbook.lambda_support import LocalContext
 
     monkeypatch.setenv("PGRUNBOOK_PROGRESS_SECONDS", "0")
+    # the records themselves, whatever handlers earlier tests' powertools Loggers left on the pgrunbook loggers
+    # (each bound to that test's captured stdout)
+    seen: list[logging.LogRecord] = []
+    collector = logging.Handler(logging.INFO)
+    collector.emit = seen.append  # type: ignore[method-assign, assignment]
+    progress_log = logging.getLogger("pgrunbook.progress")
+    progress_log.addHandler(collector)
+    monkeypatch.setattr(progress_log, "level", logging.INFO)
+    monkeypatch.setattr(progress_log, "disabled", False)
     backup = handler("backup")(event("backup"), LocalContext())
     target = handler("provision")(event("provision-create"), LocalContext())
     try:
@@ -227,9 +237,11 @@ def test_the_lambda_steps_log_progress_lines(stack: Any, capsys: Any, monkeypatc
         assert report["ok"] is True, report["text"]
     finally:
         handler("provision")({"action": "delete", "target": target}, LocalContext())
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        progress_log.removeHandler(collector)
+    records = [vars(r) for r in seen]
     finished = {r["progress"]: r for r in records if r.get("progress") and r.get("percent") == 100.0}
-    written = finished.get("backup") or finished["backup upload"]  # streamed, or parallel
+    written = finished.get("backup") or finished.get("backup upload")  # streamed, or parallel
+    assert written is not None, [r for r in records if str(r.get("progress", "")).startswith("backup")]
     assert written["done"] == written["total"] == backup["bytes"]
     assert finished["fetch"]["done"] == finished["fetch"]["total"] == backup["bytes"]  # downloaded from S3
     assert finished["restore"]["unit"] == "rows" and finished["restore"]["done"] == backup["rows"]
