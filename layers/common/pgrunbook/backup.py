@@ -46,7 +46,7 @@ from .manifest import MANIFEST_VERSION, Manifest, sha256_line
 from .manifest import _validator as manifest_validator
 from .manifest import contents as manifest_contents
 from .pgtools import PgDump, PgRestore, RunningTool
-from .processes import ToolProcess, guard_path
+from .processes import ToolProcess, guard_path, start_guardian
 from .settings import COMPRESSIONS, KINDS, Settings
 from .store import LocalStore, ObjectWriter, Store, open_store
 
@@ -464,6 +464,7 @@ def run_backup(opts: BackupOptions, settings: Settings,
                             what="database URL (--database-url or DATABASE_URL)")
     started = datetime.now(UTC)
     t0 = time.monotonic()
+    start_guardian()  # starts while we connect (see processes.start_guardian)
 
     lock_wait = settings.lock_wait_timeout if opts.lock_wait_timeout is None else opts.lock_wait_timeout
     if not 0 <= lock_wait < 10**7:  # also refuses nan and inf

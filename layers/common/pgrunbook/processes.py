@@ -354,6 +354,14 @@ def _close_guardian() -> None:
 atexit.register(_close_guardian)
 
 
+def start_guardian() -> None:
+    """Start the guardian now rather than at the first registration: its interpreter then starts while
+    the caller waits on the network (connecting, reading the catalog), not beside the first pg tool it
+    guards (measured: ~50 ms of CPU taken from pg_dump's start on a 2-core machine)."""
+    with _GUARDIAN._lock:
+        _GUARDIAN._started()
+
+
 def guard_path(path: Path) -> Guard:
     """Have `path` (a file or folder this process created) removed should pgrunbook die before it
     removes or keeps it (then call `release()`)."""

@@ -44,6 +44,7 @@ from ..errors import (
 from ..keys import MANIFEST_SUFFIX, SHA256_SUFFIX
 from ..manifest import Manifest
 from ..pgtools import PgRestore, Tool, find_tool
+from ..processes import start_guardian
 from ..settings import Settings
 from .fetch import Fetched, fetch, work_dir
 from .guards import (
@@ -139,6 +140,7 @@ def run_restore(opts: RestoreOptions, settings: Settings,
     `progress`: the reporter the shell chose (default: log lines every Settings.progress_seconds)."""
     reporter = progress_.default(progress, settings.progress_seconds)
     t0 = time.monotonic()
+    start_guardian()  # starts while the guards talk to the target (see processes.start_guardian)
     ref, target = _request(opts, settings)
     plan = _plan(ref, target, opts, settings)  # the companions, then the guards on the target
     with work_dir(opts.work_dir or settings.work_dir) as work:
