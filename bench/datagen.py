@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,6 +212,15 @@ class BenchDb:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def rotating(names: list[str], reps: int, db: BenchDb) -> Iterator[tuple[int, str]]:
+    """(repetition, name) for every name once per repetition, the order rotating from one repetition to the
+    next, each after a CHECKPOINT on `db`: what every alternating measurement of the benchmark runs on."""
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            db.psql("CHECKPOINT", dbname="postgres")
+            yield rep, name
 
 
 def _paths(scale: Scale) -> tuple[Path, Path]:

@@ -206,20 +206,17 @@ def bench_restore(*, db: datagen.BenchDb, reps: int, scale: str, work: Path, fre
         del samples["fresh"]
     details: dict[str, list[dict[str, Any]]] = {"existing": [], "fresh": []}
     names = list(samples)
-    for rep in range(reps):
-        order = names[rep % len(names):] + names[:rep % len(names)]
-        for name in order:
-            db.psql("CHECKPOINT", dbname="postgres")
-            if name == "baseline":
-                seconds = run_baseline(db, sql_gz)
-            elif name == "existing":
-                seconds, out = run_existing(db, archive, verify=not details[name])
-                details[name].append(out)
-            else:
-                seconds, out = run_fresh(db, archive, root)
-                details[name].append(out)
-            samples[name].append(seconds)
-            print(f"  restore rep {rep + 1}/{reps} {name:<9} {seconds:7.2f}s", flush=True)
+    for rep, name in datagen.rotating(names, reps, db):
+        if name == "baseline":
+            seconds = run_baseline(db, sql_gz)
+        elif name == "existing":
+            seconds, out = run_existing(db, archive, verify=not details[name])
+            details[name].append(out)
+        else:
+            seconds, out = run_fresh(db, archive, root)
+            details[name].append(out)
+        samples[name].append(seconds)
+        print(f"  restore rep {rep + 1}/{reps} {name:<9} {seconds:7.2f}s", flush=True)
     parts = None
     if os.environ.get("BENCH_RESTORE_BREAKDOWN"):
         db.psql("CHECKPOINT", dbname="postgres")
@@ -390,24 +387,21 @@ def tune(db: datagen.BenchDb, reps: int, variants: list[str], work: Path) -> dic
     names = ["baseline", "pgrunbook", *variants]
     times: dict[str, list[float]] = {n: [] for n in names}
     extra: dict[str, list[dict[str, Any]]] = {n: [] for n in variants}
-    for rep in range(reps):
-        order = names[rep % len(names):] + names[:rep % len(names)]
-        for name in order:
-            db.psql("CHECKPOINT", dbname="postgres")
-            if name == "baseline":
-                seconds = run_baseline(db, sql_gz)
-            elif name == "pgrunbook":
-                total, out = run_existing(db, archive)
-                seconds = total - float(out["analyze_seconds"])
-            else:
-                jobs, session = VARIANTS[name]
-                res = run_variant(db, source, jobs, session)
-                extra[name].append(res)
-                seconds = res["seconds"]
-            times[name].append(seconds)
-            print(f"  tune rep {rep + 1}/{reps} {name:<10} {seconds:7.2f}s  load {os.getloadavg()[0]:.2f}"
-                  + (f"  wal {extra[name][-1]['wal_mb']} MB ckpt {extra[name][-1]['checkpoints']}"
-                     if name in extra else ""), flush=True)
+    for rep, name in datagen.rotating(names, reps, db):
+        if name == "baseline":
+            seconds = run_baseline(db, sql_gz)
+        elif name == "pgrunbook":
+            total, out = run_existing(db, archive)
+            seconds = total - float(out["analyze_seconds"])
+        else:
+            jobs, session = VARIANTS[name]
+            res = run_variant(db, source, jobs, session)
+            extra[name].append(res)
+            seconds = res["seconds"]
+        times[name].append(seconds)
+        print(f"  tune rep {rep + 1}/{reps} {name:<10} {seconds:7.2f}s  load {os.getloadavg()[0]:.2f}"
+              + (f"  wal {extra[name][-1]['wal_mb']} MB ckpt {extra[name][-1]['checkpoints']}"
+                 if name in extra else ""), flush=True)
     traces = {}
     for name in variants:
         db.psql("CHECKPOINT", dbname="postgres")

@@ -172,15 +172,12 @@ def alternate(reps: int, runners: dict[str, Callable[[], Sample]], db: datagen.B
     """Run every runner once per repetition, rotating the order, each after a CHECKPOINT."""
     names = list(runners)
     samples: dict[str, list[Sample]] = {n: [] for n in names}
-    for rep in range(reps):
-        order = names[rep % len(names):] + names[:rep % len(names)]
-        for name in order:
-            checkpoint(db)
-            s = runners[name]()
-            samples[name].append(s)
-            print(f"  {label} rep {rep + 1}/{reps} {name:<10} {s.seconds:7.2f}s {s.bytes / 1e6:9.1f} MB"
-                  + (f"  counts {s.extra['counts_seconds']:.2f}s" if s.extra.get("counts_seconds") else ""),
-                  flush=True)
+    for rep, name in datagen.rotating(names, reps, db):
+        s = runners[name]()
+        samples[name].append(s)
+        print(f"  {label} rep {rep + 1}/{reps} {name:<10} {s.seconds:7.2f}s {s.bytes / 1e6:9.1f} MB"
+              + (f"  counts {s.extra['counts_seconds']:.2f}s" if s.extra.get("counts_seconds") else ""),
+              flush=True)
     return samples
 
 
