@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import os
 import re
-import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -22,7 +21,7 @@ from typing import IO, Any
 import psycopg
 from psycopg import sql
 
-from .. import dbinfo
+from .. import dbinfo, tablepool
 from ..dburl import DatabaseUrl, mask_secrets
 from ..dumpfile import CHUNK
 from ..errors import ChecksumMismatch, PgrunbookError, RestoreFailed
@@ -135,11 +134,16 @@ def _feed(stdin: IO[bytes], path: Path, gz: bool, filt: _PlainFilter | None,
     return digest.hexdigest()
 
 
+def _analyze_session(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET maintenance_work_mem = '256MB'")
+
+
 def analyze(url: DatabaseUrl, jobs: int | None = None,
             on_progress: Callable[[int, int], None] | None = None) -> float:
     """ANALYZE every user table (a restore has no statistics), largest first, over `jobs` connections
     (default: CPU count), as `vacuumdb --analyze-only --jobs` does; returns seconds. `on_progress(done, total)`
-    after each table (from the worker threads)."""
+    after each table. The pool is tablepool's: the first failure or an interrupt stops it and cancels the
+    ANALYZEs still running."""
     t0 = time.monotonic()
     with dbinfo.connect(url, autocommit=True, application="pgrunbook-analyze") as conn:
         rows = conn.execute(f"""
@@ -147,51 +151,15 @@ def analyze(url: DatabaseUrl, jobs: int | None = None,
             WHERE c.relkind IN ('r', 'm', 'p') AND {dbinfo.USER_SCHEMAS}
             ORDER BY pg_total_relation_size(c.oid) DESC""").fetchall()
     tables = [(str(a), str(b)) for a, b in rows]
-    total, done = len(tables), [0]
-    workers = max(1, min(jobs or os.cpu_count() or 1, len(tables)))
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-    conns: list[psycopg.Connection[Any]] = []
-
-    def work() -> None:
-        try:
-            with dbinfo.connect(url, autocommit=True, application="pgrunbook-analyze") as conn:
-                with lock:
-                    conns.append(conn)
-                conn.execute("SET maintenance_work_mem = '256MB'")
-                while True:
-                    with lock:
-                        if not tables or errors:
-                            return
-                        schema, name = tables.pop(0)
-                    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, name)))
-                    if on_progress is not None:
-                        with lock:
-                            done[0] += 1
-                            finished = done[0]
-                        on_progress(finished, total)
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=work, name=f"analyze-{i}", daemon=True) for i in range(workers)]
-    for t in threads:
-        t.start()
     try:
-        for t in threads:
-            t.join()
-    except BaseException as stop:  # interrupted: no further table, and cancel the ANALYZEs running
-        with lock:
-            errors.append(stop)
-            running = list(conns)
-        for conn in running:
-            with contextlib.suppress(psycopg.Error, OSError):
-                conn.cancel_safe(timeout=5)
-        for t in threads:
-            t.join(timeout=10)
+        tablepool.each_on_own_connection(
+            url, tables, jobs or os.cpu_count() or 1,
+            lambda c, t: c.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*t))),
+            application="pgrunbook-analyze",
+            setup=_analyze_session,
+            on_done=None if on_progress is None else lambda done, total, *_: on_progress(done, total))
+    except PgrunbookError:
         raise
-    if errors:
-        exc = errors[0]
-        raise exc if isinstance(exc, PgrunbookError) else RestoreFailed(
-            f"ANALYZE failed: {mask_secrets(str(exc).strip())}")
+    except Exception as exc:
+        raise RestoreFailed(f"ANALYZE failed: {mask_secrets(str(exc).strip())}") from None
     return time.monotonic() - t0
